@@ -1,0 +1,66 @@
+"""RunPod serverless entry point.
+
+The resident runtime (device, models) is built once at import, then every job reuses it:
+    python handler.py                          # local test: runs ./test_input.json, images -> ./output/
+    python handler.py --test_input '{...}'     # local test with an inline job
+    (on RunPod, RUNPOD_WEBHOOK_GET_JOB is set and the SDK takes jobs from the queue)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any
+
+import runpod
+from runpod.serverless.modules.rp_logger import RunPodLogger
+
+from worker.config import Settings
+from worker.engine import StopSignal
+from worker.jobs import run_job
+from worker.logs import setup_logging
+from worker.runtime import boot
+
+LOCAL_OUTPUT_DIR = Path("output")
+
+
+def _local_test_mode(settings: Settings, argv: list[str]) -> bool:
+    """The runpod SDK runs a local test unless it serves its API or a RunPod queue is configured."""
+    if "--rp_serve_api" in argv:
+        return False
+    return "--test_input" in argv or not settings.runpod_queue_configured
+
+
+SETTINGS = Settings.from_env()
+setup_logging(SETTINGS.log_level)
+RunPodLogger.level = SETTINGS.runpod_log_level  # read by the SDK at import, before our settings existed
+LOCAL_TEST = __name__ == "__main__" and _local_test_mode(SETTINGS, sys.argv)
+if LOCAL_TEST and SETTINGS.output_dir is None:
+    SETTINGS = dataclasses.replace(SETTINGS, output_dir=LOCAL_OUTPUT_DIR)
+RUNTIME = boot(SETTINGS)
+
+
+async def handler(job: dict[str, Any]) -> dict[str, Any]:
+    """Run one job in a worker thread so the SDK's event loop keeps sending heartbeats and can cancel."""
+    stop = StopSignal()
+    try:
+        return await asyncio.to_thread(run_job, RUNTIME, job, stop)
+    except asyncio.CancelledError:
+        stop.cancel()  # the thread notices at the next node or sampler step and frees the device
+        raise
+
+
+async def local_test_handler(job: dict[str, Any]) -> dict[str, Any]:
+    """Local test mode: the SDK prints the whole result, so base64 data is replaced by where the image
+    was written (the real handler's result is unchanged otherwise)."""
+    result = await handler(job)
+    for item in result.get("images", []):
+        if item.get("type") == "base64":
+            item["data"] = f"<{len(item['data'])} base64 chars; saved to {RUNTIME.settings.output_dir}/>"
+    return result
+
+
+if __name__ == "__main__":
+    runpod.serverless.start({"handler": local_test_handler if LOCAL_TEST else handler})

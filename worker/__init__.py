@@ -1,0 +1,1 @@
+"""RunPod serverless worker that runs ComfyUI API-format workflows in-process."""

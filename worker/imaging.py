@@ -1,0 +1,79 @@
+"""Conversions between image bytes, Pillow images and ComfyUI's IMAGE/MASK tensors.
+
+IMAGE is float32 [B, H, W, 3] in 0..1 on the CPU; MASK is float32 [B, H, W] where 1 marks the area to
+change (ComfyUI derives it from the alpha channel: transparent = masked).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, ImageSequence, PngImagePlugin
+
+from worker.errors import UserError
+
+# Pillow's own decompression-bomb guard is replaced by the worker's pixel limit, checked before decoding.
+Image.MAX_IMAGE_PIXELS = None
+
+
+def probe_image(data: bytes, max_pixels: int) -> tuple[str, int, int]:
+    """Check that `data` is an image Pillow can read and not too large; returns (format, width, height).
+    Reads the header and verifies the file structure without decoding pixels."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            fmt, (width, height) = img.format or "unknown", img.size
+            if width * height > max_pixels:
+                raise UserError(f"is {width}x{height} pixels; the limit is {max_pixels} pixels")
+            img.verify()
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"is not a readable image ({type(exc).__name__}: {exc})") from None
+    return fmt, width, height
+
+
+def load_image(data: bytes) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode image bytes as ComfyUI's LoadImage does: EXIF orientation applied, every frame of the
+    first frame's size as one batch, RGB pixels and a mask from alpha (64x64 zeros when there is none)."""
+    images, masks = [], []
+    with Image.open(io.BytesIO(data)) as opened:
+        size = None
+        for frame in ImageSequence.Iterator(opened):
+            frame = ImageOps.exif_transpose(frame)
+            if frame.mode == "I":  # 16-bit grayscale
+                frame = frame.point(lambda v: v * (1 / 255))
+            rgb = frame.convert("RGB")
+            if size is None:
+                size = rgb.size
+            elif rgb.size != size:
+                continue
+            images.append(torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0))
+            if "A" in frame.getbands():
+                alpha = np.asarray(frame.getchannel("A"), dtype=np.float32) / 255.0
+                masks.append(1.0 - torch.from_numpy(alpha))
+            else:
+                masks.append(torch.zeros(64, 64, dtype=torch.float32))
+    if len({m.shape for m in masks}) > 1:  # mixed alpha/no-alpha frames: keep shapes stackable
+        masks = [m if m.shape == images[0].shape[:2] else torch.zeros(images[0].shape[:2]) for m in masks]
+    return torch.stack(images), torch.stack(masks)
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """One IMAGE item [H, W, C] in 0..1 to uint8, truncating as ComfyUI's SaveImage does."""
+    return np.clip(255.0 * image.cpu().numpy(), 0, 255).astype(np.uint8)
+
+
+def encode_png(pixels: np.ndarray, text: dict[str, Any] | None = None, compress_level: int = 4) -> bytes:
+    """PNG bytes; `text` entries become tEXt chunks (ComfyUI stores 'prompt' and 'workflow' there)."""
+    info = None
+    if text:
+        info = PngImagePlugin.PngInfo()
+        for key, value in text.items():
+            info.add_text(key, value if isinstance(value, str) else json.dumps(value))
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", pnginfo=info, compress_level=compress_level)
+    return buffer.getvalue()

@@ -1,0 +1,124 @@
+"""One job from request to v5 result. The same function serves the runpod SDK and every other entry point,
+and never raises: every failure becomes `{"error": "<message>"}` and one log line."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import torch
+
+from worker import contract
+from worker.engine import ExecutionContext, StopSignal, build_plan, execute, registry
+from worker.engine.context import ProgressFn
+from worker.errors import JobStopped, NodeError, UserError
+from worker.outputs import deliver
+from worker.runtime import Runtime
+
+log = logging.getLogger("worker.job")
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.ms: dict[str, float] = {}
+        self._start = self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.ms[stage] = (now - self._last) * 1000
+        self._last = now
+
+    def summary(self) -> str:
+        total = (time.perf_counter() - self._start) * 1000
+        return " ".join([*(f"{stage}={ms:.0f}ms" for stage, ms in self.ms.items()), f"total={total:.0f}ms"])
+
+
+def _choices(runtime: Runtime, images: dict[str, bytes]):
+    def choices(source: str) -> list[str]:
+        if source == "input_images":
+            return [*images, *(f"{name} [input]" for name in images)]
+        return runtime.models.list(source)
+
+    return choices
+
+
+def _limits(runtime: Runtime) -> dict[str, float]:
+    s = runtime.settings
+    return {"max_side": s.max_side, "max_batch": s.max_batch, "max_steps": s.max_steps}
+
+
+def run_job(
+    runtime: Runtime,
+    job: dict[str, Any],
+    stop: StopSignal | None = None,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    job_id = str(job.get("id", "?")) if isinstance(job, dict) else "?"
+    timer = _Timer()
+    outcome, nodes, images = "error", 0, 0
+    try:
+        if not isinstance(job, dict):
+            raise UserError("job must be an object with an 'input' field")
+        request = contract.parse_request(job.get("input"), runtime.settings)
+        if request.unknown_keys:
+            log.info("job %s: ignoring unknown input keys %s", job_id, ", ".join(request.unknown_keys))
+        timer.lap("parse")
+        plan = build_plan(
+            request.workflow,
+            registry(),
+            _choices(runtime, request.images),
+            _limits(runtime),
+            runtime.settings.max_workflow_nodes,
+        )
+        nodes = len(plan.order)
+        timer.lap("validate")
+        ctx = ExecutionContext(
+            job_id=job_id,
+            models=runtime.models,
+            device=runtime.device,
+            input_images=request.images,
+            workflow=plan.workflow,
+            stop=stop or StopSignal(),
+            progress=progress,
+        )
+        with runtime.job_lock:
+            timer.lap("queue")
+            with torch.inference_mode():
+                report = execute(plan, ctx)
+        timer.lap("execute")
+        delivery = deliver(ctx.saved, plan.workflow, runtime.settings.max_result_bytes, runtime.settings.output_dir)
+        timer.lap("deliver")
+        images = len(delivery.items)
+        if not delivery.items:
+            raise UserError("no image fits in the result: " + "; ".join(delivery.errors))
+        outcome = "ok" if not delivery.errors else "partial"
+        log.debug("job %s node timings: %s", job_id, report.node_ms)
+        return contract.success(delivery.items, delivery.errors)
+    except UserError as exc:
+        outcome = "rejected"
+        return contract.failure(str(exc))
+    except JobStopped as exc:
+        outcome = exc.reason.replace(" ", "_")
+        return contract.failure(f"job {exc.reason}")
+    except NodeError as exc:
+        log.error("job %s: %s", job_id, exc, exc_info=exc.cause)
+        return contract.failure(_node_failure_message(exc))
+    except Exception as exc:  # a bug of ours: the client gets a message, the log gets the traceback
+        log.exception("job %s: unexpected failure", job_id)
+        return contract.failure(f"internal error: {type(exc).__name__}: {exc}")
+    finally:
+        log.info("job %s outcome=%s nodes=%d images=%d %s", job_id, outcome, nodes, images, timer.summary())
+        if runtime.device.type == "cuda" and outcome not in ("ok", "partial", "rejected"):
+            torch.cuda.empty_cache()
+
+
+def _node_failure_message(exc: NodeError) -> str:
+    cause = exc.cause
+    if isinstance(cause, torch.OutOfMemoryError):
+        return (
+            f"node {exc.node_id} ({exc.class_type}) ran out of device memory; "
+            "use a smaller size or batch, or a GPU with more memory"
+        )
+    return str(exc)
+

@@ -1,0 +1,119 @@
+"""Model files found by name in ComfyUI-style folders, loaded once and kept resident on the device."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+
+from worker.errors import UserError
+from worker.models.sd import Checkpoint, load_diffusers_folder
+from worker.models.tiny import TINY_NAME, ensure_tiny_checkpoint
+from worker.names import relative_name_problem
+
+log = logging.getLogger(__name__)
+
+# ComfyUI's folder names; an alias list means any of them holds that kind of file.
+FOLDERS: dict[str, tuple[str, ...]] = {
+    "checkpoints": ("checkpoints",),
+}
+FILE_EXTENSIONS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
+DIFFUSERS_MARKER = "model_index.json"
+
+
+class ModelStore:
+    def __init__(self, roots: list[Path], cache_dir: Path, device: torch.device, dtype: torch.dtype,
+                 max_resident: int = 2):
+        self.roots = list(roots)
+        self.cache_dir = cache_dir
+        self.device = device
+        self.dtype = dtype
+        self.max_resident = max_resident
+        self._resident: OrderedDict[str, Checkpoint] = OrderedDict()
+        self._lock = threading.RLock()
+        self.load_count = 0  # how many times a checkpoint was read from disk (resident hits do not count)
+        self.load_seconds: dict[str, float] = {}
+
+    def _folders(self, kind: str) -> list[Path]:
+        folders = [root / name for root in self.roots for name in FOLDERS[kind]]
+        folders.append(self.cache_dir / kind)  # where the built-in tiny checkpoint is written
+        return folders
+
+    def list(self, kind: str) -> list[str]:
+        """Names a workflow may use for `kind`: files relative to the folder, and diffusers folders."""
+        names: set[str] = set()
+        for folder in self._folders(kind):
+            if folder.is_dir():
+                names.update(_scan(folder))
+        if kind == "checkpoints":
+            names.add(TINY_NAME)
+        return sorted(names)
+
+    def resolve(self, kind: str, name: str) -> Path:
+        problem = relative_name_problem(name)
+        if problem is not None:
+            raise UserError(f"{kind} name {name!r} is not allowed: {problem}")
+        for folder in self._folders(kind):
+            candidate = folder / name
+            if candidate.is_file() or (candidate / DIFFUSERS_MARKER).is_file():
+                return candidate
+        if kind == "checkpoints" and name == TINY_NAME:
+            return ensure_tiny_checkpoint(self.cache_dir / "checkpoints")
+        raise UserError(f"{kind} {name!r} not found; available: {', '.join(self.list(kind)) or 'none'}")
+
+    def checkpoint(self, name: str) -> Checkpoint:
+        """The resident checkpoint `name`, loading it (and evicting the least recently used) if needed."""
+        with self._lock:
+            if name in self._resident:
+                self._resident.move_to_end(name)
+                return self._resident[name]
+            path = self.resolve("checkpoints", name)
+            started = time.perf_counter()
+            if path.is_dir():
+                loaded = load_diffusers_folder(path, name, self.device, self.dtype)
+            else:
+                raise UserError(
+                    f"checkpoint {name!r} is a single file; this version loads diffusers-format folders "
+                    f"(model_index.json + parts) only"
+                )
+            self.load_count += 1
+            self.load_seconds[name] = time.perf_counter() - started
+            log.info("loaded checkpoint %s in %.2fs on %s", name, self.load_seconds[name], self.device)
+            self._resident[name] = loaded
+            while len(self._resident) > self.max_resident:
+                evicted, _ = self._resident.popitem(last=False)
+                log.info("evicted checkpoint %s (MAX_RESIDENT_CHECKPOINTS=%d)", evicted, self.max_resident)
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+            return loaded
+
+    def resident(self) -> list[str]:
+        with self._lock:
+            return list(self._resident)
+
+
+def _scan(folder: Path) -> set[str]:
+    """Model files below `folder`, and folders holding a diffusers model (not descended into)."""
+    found: set[str] = set()
+    stack = [folder]
+    while stack:
+        current = stack.pop()
+        try:
+            entries = list(current.iterdir())
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir():
+                if (entry / DIFFUSERS_MARKER).is_file():
+                    found.add(entry.relative_to(folder).as_posix())
+                else:
+                    stack.append(entry)
+            elif entry.suffix.lower() in FILE_EXTENSIONS:
+                found.add(entry.relative_to(folder).as_posix())
+    return found

@@ -1,0 +1,119 @@
+"""The resident state of a worker process, built once at start-up and shared by every job."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from worker.config import ConfigError, Settings
+from worker.models.store import ModelStore
+from worker.models.tiny import TINY_NAME
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def pick_device(requested: str, cuda_available: bool) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if cuda_available else "cpu")
+    if requested.startswith("cuda") and not cuda_available:
+        raise ConfigError(f"WORKER_DEVICE={requested} but no CUDA device is visible")
+    try:
+        return torch.device(requested)
+    except RuntimeError:
+        raise ConfigError(f"WORKER_DEVICE={requested!r} is not a device name (cpu, cuda, cuda:N)") from None
+
+
+def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
+    # fp16 halves memory and uses tensor cores on GPUs; CPUs run fp32 fastest and most accurately.
+    if requested == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return _DTYPES[requested]
+
+
+def preload_names(settings: Settings, available: list[str]) -> list[str]:
+    """Which checkpoints to load at start-up. 'auto': the one checkpoint in the model folders if there is
+    exactly one, the built-in tiny one if there are none, otherwise none (first use loads them)."""
+    real = [name for name in available if name != TINY_NAME]
+    if settings.preload_mode == "none":
+        return []
+    if settings.preload_mode == "all":
+        return real[: settings.max_resident_checkpoints] or [TINY_NAME]
+    if settings.preload_mode == "auto":
+        if len(real) == 1:
+            return real
+        return [TINY_NAME] if not real else []
+    unknown = [name for name in settings.preload if name not in available]
+    if unknown:
+        raise ConfigError(
+            f"PRELOAD_CHECKPOINTS names {', '.join(unknown)}, not found in the model folders; "
+            f"available: {', '.join(available)}"
+        )
+    return list(settings.preload)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    device: torch.device
+    dtype: torch.dtype
+    models: ModelStore
+    boot_seconds: dict[str, float] = field(default_factory=dict)
+    # One job at a time on the device: jobs share resident models and GPU memory.
+    job_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "ready": True,
+            "device": str(self.device),
+            "gpu": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "resident_checkpoints": self.models.resident(),
+            "boot_seconds": {k: round(v, 3) for k, v in self.boot_seconds.items()},
+        }
+
+
+def quiet_libraries() -> None:
+    """diffusers/transformers print progress bars and advice on every load; keep the log about jobs."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+
+
+def boot(settings: Settings | None = None) -> Runtime:
+    started = time.perf_counter()
+    settings = settings or Settings.from_env()
+    quiet_libraries()
+    device = pick_device(settings.device, torch.cuda.is_available())
+    dtype = pick_dtype(settings.dtype, device)
+    store = ModelStore(
+        roots=list(settings.model_roots),
+        cache_dir=settings.cache_dir,
+        device=device,
+        dtype=dtype,
+        max_resident=settings.max_resident_checkpoints,
+    )
+    runtime = Runtime(settings=settings, device=device, dtype=dtype, models=store)
+    loading = time.perf_counter()
+    for name in preload_names(settings, store.list("checkpoints")):
+        store.checkpoint(name)
+    runtime.boot_seconds["load_models"] = time.perf_counter() - loading
+    runtime.boot_seconds["total"] = time.perf_counter() - started
+    log.info(
+        "worker ready on %s (%s) in %.2fs; resident: %s",
+        device,
+        runtime.health()["dtype"],
+        runtime.boot_seconds["total"],
+        ", ".join(store.resident()) or "none",
+    )
+    return runtime
