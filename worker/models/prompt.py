@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-_OPEN, _CLOSE = "\x00(", "\x00)"  # stand-ins for escaped parentheses while parsing
+_OPEN, _CLOSE = "\x00\x01", "\x00\x02"  # stand-ins for escaped parentheses while parsing
 
 
 def _split_groups(text: str) -> list[str]:
