@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 TORCH_VERSION := 2.13.0
+# Where torch comes from. Empty: PyPI (this project's dev machines serve the CPU build from local disk).
+# CI runners elsewhere set https://download.pytorch.org/whl/cpu to avoid the multi-GB CUDA build.
+TORCH_INDEX ?=
 STAMP := $(VENV)/.installed
 REQS := requirements/runtime.txt requirements/dev.txt requirements/constraints.txt
 
@@ -15,7 +18,7 @@ setup: $(STAMP)
 $(STAMP): $(REQS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
+	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install --quiet -r requirements/runtime.txt -r requirements/dev.txt -c requirements/constraints.txt
 	touch $(STAMP)
 

@@ -1,0 +1,63 @@
+"""Checks on the files that cannot run here (Dockerfile, GitHub workflow) for what can drift."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    text = (REPO / "Dockerfile").read_text().replace("\\\n", " ")
+    rows = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keyword, _, rest = line.partition(" ")
+            rows.append((keyword.upper(), rest.strip()))
+    return rows
+
+
+def requirement_names(path: str) -> set[str]:
+    lines = (line.split("#")[0].strip() for line in (REPO / path).read_text().splitlines())
+    return {line.split("==")[0].lower() for line in lines if line}
+
+
+def test_dockerfile_copies_files_that_exist() -> None:
+    copies = [rest for keyword, rest in dockerfile_instructions() if keyword == "COPY"]
+    assert copies
+    for rest in copies:
+        sources = [p for p in shlex.split(rest)[:-1] if not p.startswith("--")]
+        for source in sources:
+            assert (REPO / source).exists(), f"Dockerfile COPY {source} does not exist"
+
+
+def test_dockerfile_keeps_the_base_image_torch() -> None:
+    runs = " ".join(rest for keyword, rest in dockerfile_instructions() if keyword == "RUN")
+    assert not re.search(r"pip install[^&]*\btorch\b", runs), "the image must not reinstall torch"
+    assert "torch" not in requirement_names("requirements/runtime.txt")
+    [base] = [rest for keyword, rest in dockerfile_instructions() if keyword == "FROM"]
+    assert ":" in base and not base.endswith(":latest"), "pin the base image by tag"
+
+
+def test_dockerfile_sets_no_secret_in_env_or_arg() -> None:
+    for keyword, rest in dockerfile_instructions():
+        if keyword in ("ENV", "ARG"):
+            assert not re.search(r"(KEY|SECRET|TOKEN|PASSWORD)\w*=", rest, re.IGNORECASE), rest
+
+
+def test_ci_and_github_workflow_run_the_readme_test_command() -> None:
+    readme = (REPO / "README.md").read_text()
+    assert "`make test`" in readme and "`make run`" in readme
+    assert re.search(r"^make test\b", (REPO / ".ci/run").read_text(), re.MULTILINE)
+    workflow = (REPO / ".github/workflows/test.yml").read_text()
+    assert re.search(r"run: make test\b", workflow)
+
+
+def test_runtime_requirements_are_pinned() -> None:
+    for line in (REPO / "requirements/runtime.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            assert re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+==[\w.+]+", line), f"not pinned: {line}"
