@@ -1,8 +1,9 @@
 """RunPod serverless entry point.
 
-The resident runtime (device, models) is built once at import, then every job reuses it:
+The resident runtime (device, models, warm-up) is built once at import, then every job reuses it:
     python handler.py                          # local test: runs ./test_input.json, images -> ./output/
     python handler.py --test_input '{...}'     # local test with an inline job
+    python handler.py --serve [--port 8000]    # local RunPod-style endpoint / load-balancer server
     (on RunPod, RUNPOD_WEBHOOK_GET_JOB is set and the SDK takes jobs from the queue)
 """
 
@@ -19,9 +20,10 @@ from runpod.serverless.modules.rp_logger import RunPodLogger
 
 from worker.config import Settings
 from worker.engine import StopSignal
-from worker.jobs import run_job
+from worker.jobs import deadline_for, run_job
 from worker.logs import setup_logging
-from worker.runtime import boot
+from worker.progress import Throttle
+from worker.runtime import start
 
 LOCAL_OUTPUT_DIR = Path("output")
 
@@ -36,17 +38,20 @@ def _local_test_mode(settings: Settings, argv: list[str]) -> bool:
 SETTINGS = Settings.from_env()
 setup_logging(SETTINGS.log_level)
 RunPodLogger.level = SETTINGS.runpod_log_level  # read by the SDK at import, before our settings existed
-LOCAL_TEST = __name__ == "__main__" and _local_test_mode(SETTINGS, sys.argv)
+SERVE = __name__ == "__main__" and "--serve" in sys.argv
+LOCAL_TEST = __name__ == "__main__" and not SERVE and _local_test_mode(SETTINGS, sys.argv)
 if LOCAL_TEST and SETTINGS.output_dir is None:
     SETTINGS = dataclasses.replace(SETTINGS, output_dir=LOCAL_OUTPUT_DIR)
-RUNTIME = boot(SETTINGS)
+# The server builds its runtime after it starts listening, so /ping can answer while models load.
+RUNTIME = None if SERVE else start(SETTINGS)
 
 
 async def handler(job: dict[str, Any]) -> dict[str, Any]:
     """Run one job in a worker thread so the SDK's event loop keeps sending heartbeats and can cancel."""
-    stop = StopSignal()
+    stop = StopSignal(deadline=deadline_for(job, SETTINGS.job_timeout_s))
+    progress = Throttle(lambda event: runpod.serverless.progress_update(job, event), SETTINGS.progress_interval_s)
     try:
-        return await asyncio.to_thread(run_job, RUNTIME, job, stop)
+        return await asyncio.to_thread(run_job, RUNTIME, job, stop, None if LOCAL_TEST else progress)
     except asyncio.CancelledError:
         stop.cancel()  # the thread notices at the next node or sampler step and frees the device
         raise
@@ -58,9 +63,14 @@ async def local_test_handler(job: dict[str, Any]) -> dict[str, Any]:
     result = await handler(job)
     for item in result.get("images", []):
         if item.get("type") == "base64":
-            item["data"] = f"<{len(item['data'])} base64 chars; saved to {RUNTIME.settings.output_dir}/>"
+            item["data"] = f"<{len(item['data'])} base64 chars; saved to {SETTINGS.output_dir}/>"
     return result
 
 
 if __name__ == "__main__":
-    runpod.serverless.start({"handler": local_test_handler if LOCAL_TEST else handler})
+    if SERVE:
+        from worker.server import main
+
+        main(sys.argv[1:], SETTINGS)
+    else:
+        runpod.serverless.start({"handler": local_test_handler if LOCAL_TEST else handler})

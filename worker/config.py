@@ -6,10 +6,13 @@ because secrets referenced as `{{ RUNPOD_SECRET_x }}` arrive in the container un
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from string import Formatter
+from urllib.parse import urlsplit
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,6 +61,161 @@ def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str,
     return raw
 
 
+# SigV4 presigned URLs are valid for at most 7 days.
+MAX_PRESIGN_EXPIRES_S = 7 * 24 * 3600
+_KEY_FIELDS = frozenset({"job_id", "date", "filename", "uuid"})
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """S3-compatible object storage for outputs (AWS S3, Wasabi, R2, MinIO, ...). Off when no BUCKET_* is set;
+    `problem` says why storage that was asked for cannot be used (health and start-up log show it)."""
+
+    requested: bool = False  # some BUCKET_* variable is set
+    problem: str | None = None
+    endpoint_url: str | None = None  # None: AWS S3 itself
+    access_key_id: str | None = field(default=None, repr=False)
+    secret_access_key: str | None = field(default=None, repr=False)
+    bucket: str | None = None
+    region: str | None = None
+    key_template: str = "{job_id}/{filename}"
+    addressing_style: str = "auto"  # auto | path | virtual
+    presign_expires_s: int = MAX_PRESIGN_EXPIRES_S
+    public_url: str | None = None  # base URL of a public bucket or CDN: URLs are then not presigned
+    upload: str = "always"  # always (worker-comfyui: every image when storage is set) | auto (only oversize results)
+    max_attempts: int = 4  # per object, transient errors only (botocore's standard retry mode, with backoff)
+    concurrency: int = 8
+    timeout_s: int = 30
+
+    @property
+    def enabled(self) -> bool:
+        return self.requested and self.problem is None
+
+    def describe(self) -> str:
+        """One line for health and logs; never includes credentials."""
+        if not self.requested:
+            return "off"
+        if self.problem:
+            return f"misconfigured: {self.problem}"
+        urls = f"presigned URLs ({self.presign_expires_s}s)"
+        if self.public_url:
+            urls = f"public URLs under {self.public_url}"
+        return f"bucket {self.bucket!r} at {self.endpoint_url or 'AWS S3'}, upload={self.upload}, {urls}"
+
+
+@dataclass(frozen=True)
+class UrlInputSettings:
+    """Input images given as http(s):// URLs. Addresses that are not public (loopback, private, link-local,
+    cloud metadata, reserved) are refused unless allowed here."""
+
+    enabled: bool = True
+    timeout_s: float = 30.0  # the whole download, redirects included
+    max_redirects: int = 5
+    allow_private: bool = False
+    allow_hosts: tuple[str, ...] = ()  # host names, IP addresses or networks (CIDR) allowed even if not public
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = _choice(env, name, "on" if default else "off", ("on", "off", "1", "0", "true", "false", "yes", "no"))
+    return raw in ("on", "1", "true", "yes")
+
+
+def _split_bucket_host(endpoint: str) -> tuple[str, str | None]:
+    """worker-comfyui documents endpoints like https://<bucket>.s3.<region>.amazonaws.com: take the bucket
+    from such a host and return the service endpoint without it."""
+    parts = urlsplit(endpoint)
+    labels = (parts.hostname or "").split(".")
+    if len(labels) >= 4 and (labels[1] == "s3" or labels[1].startswith("s3-")):
+        service = parts._replace(netloc=parts.netloc.split(".", 1)[1])
+        return service.geturl().rstrip("/"), labels[0]
+    return endpoint.rstrip("/"), None
+
+
+def _region_for(endpoint: str | None) -> str | None:
+    host = (urlsplit(endpoint).hostname or "") if endpoint else ""
+    if host.endswith(".r2.cloudflarestorage.com"):
+        return "auto"
+    labels = host.split(".")
+    for index, label in enumerate(labels[:-2]):
+        if label.startswith("s3-"):
+            return label[3:]
+        if label == "s3" and labels[index + 1] not in ("amazonaws", "wasabisys"):
+            return labels[index + 1]
+    return None
+
+
+def _storage(env: Mapping[str, str]) -> StorageSettings:
+    names = ("BUCKET_ENDPOINT_URL", "BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY", "BUCKET_NAME")
+    given = {name: _lookup(env, name) for name in names}
+    if not any(given.values()):
+        return StorageSettings()
+    endpoint, bucket = given["BUCKET_ENDPOINT_URL"], given["BUCKET_NAME"]
+    if endpoint is not None:
+        if urlsplit(endpoint).scheme not in ("http", "https") or not urlsplit(endpoint).hostname:
+            raise ConfigError(f"BUCKET_ENDPOINT_URL={endpoint!r} is not an http(s) URL")
+        endpoint, host_bucket = _split_bucket_host(endpoint) if bucket is None else (endpoint.rstrip("/"), None)
+        bucket = bucket or host_bucket
+    template = _lookup(env, "BUCKET_KEY_TEMPLATE") or "{job_id}/{filename}"
+    try:
+        fields = {f for _, f, _, _ in Formatter().parse(template) if f is not None}
+    except ValueError as exc:
+        raise ConfigError(f"BUCKET_KEY_TEMPLATE={template!r}: {exc}") from None
+    if not fields <= _KEY_FIELDS or "filename" not in fields or not fields & {"job_id", "uuid"}:
+        raise ConfigError(
+            f"BUCKET_KEY_TEMPLATE={template!r}: use the fields {{job_id}}, {{date}}, {{filename}}, {{uuid}}; "
+            "{filename} and one of {job_id} or {uuid} are required so that keys never collide"
+        )
+    public_url = _lookup(env, "BUCKET_PUBLIC_URL")
+    if public_url is not None and urlsplit(public_url).scheme not in ("http", "https"):
+        raise ConfigError(f"BUCKET_PUBLIC_URL={public_url!r} is not an http(s) URL")
+    missing = [name for name in names[1:3] if not given[name]]
+    if bucket is None:
+        missing.append("BUCKET_NAME")
+    problem = None
+    if missing:
+        problem = (
+            f"half-configured: {', '.join(n for n in names if given[n])} set but {', '.join(missing)} not; "
+            "outputs cannot be uploaded"
+        )
+    expires = _int(env, "BUCKET_PRESIGN_EXPIRES", MAX_PRESIGN_EXPIRES_S, minimum=1)
+    if expires > MAX_PRESIGN_EXPIRES_S:
+        raise ConfigError(f"BUCKET_PRESIGN_EXPIRES={expires}: presigned URLs live at most {MAX_PRESIGN_EXPIRES_S}s")
+    return StorageSettings(
+        requested=True,
+        problem=problem,
+        endpoint_url=endpoint,
+        access_key_id=given["BUCKET_ACCESS_KEY_ID"],
+        secret_access_key=given["BUCKET_SECRET_ACCESS_KEY"],
+        bucket=bucket,
+        region=_lookup(env, "BUCKET_REGION") or _region_for(endpoint),
+        key_template=template,
+        addressing_style=_choice(env, "BUCKET_ADDRESSING_STYLE", "auto", ("auto", "path", "virtual")),
+        presign_expires_s=expires,
+        public_url=public_url.rstrip("/") if public_url else None,
+        upload=_choice(env, "BUCKET_UPLOAD", "always", ("always", "auto")),
+        max_attempts=_int(env, "BUCKET_MAX_ATTEMPTS", 4, minimum=1),
+        concurrency=_int(env, "BUCKET_UPLOAD_CONCURRENCY", 8, minimum=1),
+        timeout_s=_int(env, "BUCKET_TIMEOUT_S", 30, minimum=1),
+    )
+
+
+def _url_inputs(env: Mapping[str, str]) -> UrlInputSettings:
+    hosts = tuple(h.strip().lower() for h in (_lookup(env, "URL_INPUT_ALLOW_HOSTS") or "").split(",") if h.strip())
+    for host in hosts:
+        if "/" in host:
+            try:
+                ipaddress.ip_network(host, strict=False)
+            except ValueError:
+                raise ConfigError(f"URL_INPUT_ALLOW_HOSTS: {host!r} is not a network (CIDR)") from None
+    return UrlInputSettings(
+        enabled=_bool(env, "URL_INPUTS", True),
+        timeout_s=float(_int(env, "URL_INPUT_TIMEOUT_S", 30, minimum=1)),
+        max_redirects=_int(env, "URL_INPUT_MAX_REDIRECTS", 5, minimum=0),
+        allow_private=_bool(env, "URL_INPUT_ALLOW_PRIVATE", False),
+        allow_hosts=hosts,
+    )
+
+
 @dataclass(frozen=True)
 class Settings:
     # Model roots, searched in order; each holds ComfyUI's folders (checkpoints/, loras/, vae/, ...).
@@ -87,6 +245,17 @@ class Settings:
     runpod_queue_configured: bool = False
     # The runpod SDK's own log level. Its default, DEBUG, prints whole jobs and results (base64 images).
     runpod_log_level: str = "INFO"
+    # Serving (local endpoint and load-balancer mode) and job control.
+    host: str = "0.0.0.0"
+    port: int = 8000
+    port_health: int | None = None  # load balancers poll /ping here; defaults to `port`
+    job_timeout_s: int = 600  # RunPod's default execution timeout; policy.executionTimeout can lower it
+    max_queue: int = 100
+    warmup: bool = True
+    progress_interval_s: float = 1.0
+    # Object storage for outputs and http(s) input images.
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    url_inputs: UrlInputSettings = field(default_factory=UrlInputSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -125,6 +294,15 @@ class Settings:
             max_result_bytes=_int(env, "MAX_RESULT_BYTES", DEFAULT_MAX_RESULT_BYTES, minimum=1024),
             log_level=(_lookup(env, "LOG_LEVEL") or "INFO").upper(),
             runpod_queue_configured=bool(env.get("RUNPOD_WEBHOOK_GET_JOB")),
+            host=_lookup(env, "HOST") or "0.0.0.0",
+            port=_int(env, "PORT", 8000, minimum=1),
+            port_health=_int(env, "PORT_HEALTH", 0, minimum=0) or None,
+            job_timeout_s=_int(env, "JOB_TIMEOUT_S", 600, minimum=1),
+            max_queue=_int(env, "MAX_QUEUE", 100, minimum=1),
+            warmup=_choice(env, "WARMUP", "on", ("on", "off", "1", "0", "true", "false")) in ("on", "1", "true"),
+            progress_interval_s=_int(env, "PROGRESS_INTERVAL_MS", 1000, minimum=0) / 1000,
+            storage=_storage(env),
+            url_inputs=_url_inputs(env),
             runpod_log_level=_choice(
                 env, "RUNPOD_LOG_LEVEL", "INFO", ("notset", "trace", "debug", "info", "warn", "error")
             ).upper(),

@@ -37,8 +37,9 @@ class JobTimedOut(JobStopped):
 class NodeError(Exception):
     """A node failed while running; carries the node id and type for the message the client sees."""
 
-    def __init__(self, node_id: str, class_type: str, cause: BaseException):
+    def __init__(self, node_id: str, class_type: str, cause: BaseException, inputs: str = ""):
         self.node_id = node_id
         self.class_type = class_type
         self.cause = cause
+        self.inputs = inputs  # a short description of the node's tensor inputs (sizes), for OOM messages
         super().__init__(f"node {node_id} ({class_type}) failed: {type(cause).__name__}: {cause}")

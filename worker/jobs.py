@@ -34,6 +34,19 @@ class _Timer:
         return " ".join([*(f"{stage}={ms:.0f}ms" for stage, ms in self.ms.items()), f"total={total:.0f}ms"])
 
 
+def deadline_for(job: Any, default_timeout_s: float, now: float | None = None) -> float:
+    """time.monotonic() deadline: the worker's JOB_TIMEOUT_S, or the request's policy.executionTimeout
+    (milliseconds, as RunPod takes it) when that is shorter."""
+    now = time.monotonic() if now is None else now
+    timeout = float(default_timeout_s)
+    policy = job.get("policy") if isinstance(job, dict) else None
+    if isinstance(policy, dict):
+        requested = policy.get("executionTimeout")
+        if isinstance(requested, (int, float)) and not isinstance(requested, bool) and requested > 0:
+            timeout = min(timeout, requested / 1000)
+    return now + timeout
+
+
 def _choices(runtime: Runtime, images: dict[str, bytes]):
     def choices(source: str) -> list[str]:
         if source == "input_images":
@@ -103,7 +116,11 @@ def run_job(
         return contract.failure(f"job {exc.reason}")
     except NodeError as exc:
         log.error("job %s: %s", job_id, exc, exc_info=exc.cause)
-        return contract.failure(_node_failure_message(exc))
+        failed = contract.failure(_node_failure_message(exc))
+        if _device_state_lost(exc.cause):
+            # After a CUDA fault the context is unusable: ask RunPod to replace this worker.
+            failed["refresh_worker"] = True
+        return failed
     except Exception as exc:  # a bug of ours: the client gets a message, the log gets the traceback
         log.exception("job %s: unexpected failure", job_id)
         return contract.failure(f"internal error: {type(exc).__name__}: {exc}")
@@ -114,11 +131,19 @@ def run_job(
 
 
 def _node_failure_message(exc: NodeError) -> str:
-    cause = exc.cause
-    if isinstance(cause, torch.OutOfMemoryError):
+    if isinstance(exc.cause, torch.OutOfMemoryError):
+        asked = f" with {exc.inputs}" if exc.inputs else ""
         return (
-            f"node {exc.node_id} ({exc.class_type}) ran out of device memory; "
-            "use a smaller size or batch, or a GPU with more memory"
+            f"node {exc.node_id} ({exc.class_type}) ran out of device memory{asked}; "
+            "lower width/height or batch_size, or use a GPU with more memory"
         )
     return str(exc)
+
+
+def _device_state_lost(cause: BaseException) -> bool:
+    return isinstance(cause, torch.AcceleratorError) or (
+        isinstance(cause, RuntimeError)
+        and not isinstance(cause, torch.OutOfMemoryError)
+        and any(marker in str(cause) for marker in ("CUDA error", "illegal memory access", "device-side assert"))
+    )
 

@@ -70,7 +70,6 @@ class Runtime:
 
     def health(self) -> dict[str, Any]:
         return {
-            "ready": True,
             "device": str(self.device),
             "gpu": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None,
             "dtype": str(self.dtype).removeprefix("torch."),
@@ -88,6 +87,17 @@ def quiet_libraries() -> None:
     diffusers_logging.disable_progress_bar()
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
+
+
+def start(settings: Settings | None = None) -> Runtime:
+    """boot() then, unless WARMUP=off, the warm-up generation: what every entry point runs before it
+    reports ready."""
+    runtime = boot(settings)
+    if runtime.settings.warmup:
+        from worker.warmup import warm_up  # imports the engine and nodes; boot() alone does not need them
+
+        warm_up(runtime)
+    return runtime
 
 
 def boot(settings: Settings | None = None) -> Runtime:

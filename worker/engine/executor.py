@@ -19,6 +19,17 @@ class ExecutionReport:
     node_ms: dict[str, float] = field(default_factory=dict)  # "<id> <class_type>" -> milliseconds
 
 
+def describe_inputs(kwargs: dict[str, Any]) -> str:
+    """Sizes of a node's image/latent inputs, e.g. "latent_image: 2 x 4x128x128", for error messages."""
+    parts = []
+    for name, value in kwargs.items():
+        tensor = value.get("samples") if isinstance(value, dict) else value
+        shape = getattr(tensor, "shape", None)
+        if shape is not None and len(shape) >= 3:
+            parts.append(f"{name}: {shape[0]} x {'x'.join(str(d) for d in shape[1:])}")
+    return ", ".join(parts)
+
+
 def execute(plan: Plan, ctx: ExecutionContext) -> ExecutionReport:
     report = ExecutionReport()
     results: dict[str, tuple[Any, ...]] = {}
@@ -39,7 +50,7 @@ def execute(plan: Plan, ctx: ExecutionContext) -> ExecutionReport:
         except UserError as exc:
             raise UserError(f"{planned.label}: {exc}", [f"{planned.label}: {p}" for p in exc.problems]) from exc
         except Exception as exc:  # a node bug or a runtime failure (e.g. out of memory): name the node
-            raise NodeError(node_id, planned.class_type, exc) from exc
+            raise NodeError(node_id, planned.class_type, exc, describe_inputs(kwargs)) from exc
         report.node_ms[f"{node_id} {planned.class_type}"] = (time.perf_counter() - started) * 1000
         if len(outputs) != len(planned.definition.outputs):
             raise NodeError(
