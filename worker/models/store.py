@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -27,8 +28,9 @@ DIFFUSERS_MARKER = "model_index.json"
 
 class ModelStore:
     def __init__(self, roots: list[Path], cache_dir: Path, device: torch.device, dtype: torch.dtype,
-                 max_resident: int = 2):
+                 max_resident: int = 2, on_load: Callable[[Checkpoint], None] | None = None):
         self.roots = list(roots)
+        self.on_load = on_load  # e.g. installs the chosen attention kernel into each freshly loaded model
         self.cache_dir = cache_dir
         self.device = device
         self.dtype = dtype
@@ -80,6 +82,8 @@ class ModelStore:
                     f"checkpoint {name!r} is a single file; this version loads diffusers-format folders "
                     f"(model_index.json + parts) only"
                 )
+            if self.on_load is not None:
+                self.on_load(loaded)
             self.load_count += 1
             self.load_seconds[name] = time.perf_counter() - started
             log.info("loaded checkpoint %s in %.2fs on %s", name, self.load_seconds[name], self.device)
