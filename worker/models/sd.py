@@ -91,7 +91,9 @@ class TextEncoder:
             if self.layer == -1:
                 hidden = out.last_hidden_state
             else:
-                hidden = self.model.text_model.final_layer_norm(out.hidden_states[self.layer])
+                # transformers >= 5.6 flattened CLIPTextModel (no .text_model); older versions wrap it.
+                final_norm = getattr(self.model, "text_model", self.model).final_layer_norm
+                hidden = final_norm(out.hidden_states[self.layer])
             hidden = hidden.float()
             pooled = out.pooler_output[0:1].float()
             if weighted:
