@@ -145,13 +145,13 @@ class _Validator:
             return self.check_range(where, spec, number)
         if kind == "FLOAT":
             number = None
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                number = float(value)
-            elif isinstance(value, str):
-                try:
+            try:
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    number = float(value)
+                elif isinstance(value, str):
                     number = float(value.strip())
-                except ValueError:
-                    number = None
+            except (ValueError, OverflowError):  # OverflowError: a 400-digit JSON integer
+                number = None
             if number is None or not math.isfinite(number):
                 self.fail(f"{where}: expected a number, got {value!r}")
                 return None
@@ -178,13 +178,13 @@ class _Validator:
     def check_range(self, where: str, spec: Input, number: float) -> float | None:
         low, high = self.bound(spec.min), self.bound(spec.max)
         if low is not None and number < low:
-            self.fail(f"{where}: {number:g} is below the minimum {low:g}")
+            self.fail(f"{where}: {_num(number)} is below the minimum {_num(low)}")
             return None
         if high is not None and number > high:
-            self.fail(f"{where}: {number:g} is above the maximum {high:g}")
+            self.fail(f"{where}: {_num(number)} is above the maximum {_num(high)}")
             return None
         if spec.multiple_of and number % spec.multiple_of:
-            self.fail(f"{where}: {number:g} is not a multiple of {spec.multiple_of}")
+            self.fail(f"{where}: {_num(number)} is not a multiple of {spec.multiple_of}")
             return None
         return number
 
@@ -292,6 +292,11 @@ class _Validator:
     def deps(planned: dict[str, PlannedNode], node_id: str) -> list[str]:
         ids = {link.node_id for link in planned[node_id].links.values() if link.node_id in planned}
         return sorted(ids, key=_id_key, reverse=True)
+
+
+def _num(value: float) -> str:
+    """Exact for integers of any size (a seed of 2**64 must not print as 1.84467e+19)."""
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e300 else repr(float(value))
 
 
 def _id_key(node_id: str) -> tuple[int, int | str]:

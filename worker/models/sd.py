@@ -37,13 +37,30 @@ class Denoiser:
     dtype: torch.dtype
     name: str
     latent_scale: float = 0.18215  # VAE latents are multiplied by this on the way into sampling
+    family: str = "sd1"  # "sdxl" adds pooled text and size conditioning
+    vae_factor: int = 8
 
-    def __call__(self, x: torch.Tensor, sigma: float, context: torch.Tensor) -> torch.Tensor:
-        """Denoised x0 for latents `x` (float32, [B, C, H, W]) at noise level `sigma`."""
+    def __call__(
+        self, x: torch.Tensor, sigma: float, context: torch.Tensor, pooled: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Denoised x0 for latents `x` (float32, [B, C, H, W]) at noise level `sigma`; `context` and `pooled`
+        hold one row per row of `x`."""
         scale = (sigma**2 + 1.0) ** -0.5
         timestep = torch.full((x.shape[0],), self.schedule.timestep(sigma), device=x.device)
+        extra = None
+        if self.family == "sdxl":
+            if pooled is None:
+                raise UserError("an SDXL model needs conditioning from an SDXL text encoder (pooled output missing)")
+            # ComfyUI's defaults: original and target size = the latent's pixel size, no crop.
+            height, width = x.shape[2] * self.vae_factor, x.shape[3] * self.vae_factor
+            time_ids = torch.tensor([height, width, 0, 0, height, width], device=x.device, dtype=self.dtype)
+            extra = {"text_embeds": pooled.to(self.dtype), "time_ids": time_ids.expand(x.shape[0], -1)}
         out = self.unet(
-            (x * scale).to(self.dtype), timestep, encoder_hidden_states=context.to(self.dtype), return_dict=False
+            (x * scale).to(self.dtype),
+            timestep,
+            encoder_hidden_states=context.to(self.dtype),
+            added_cond_kwargs=extra,
+            return_dict=False,
         )[0].float()
         if self.schedule.prediction == "v_prediction":
             return x * (scale**2) - out * sigma * scale
@@ -59,6 +76,8 @@ class TextEncoder:
     device: torch.device
     layer: int = -1
     chunk_len: int = 77
+    # SD1 applies the final layer norm to an earlier layer's output ("clip skip"); SDXL's encoders do not.
+    norm_hidden: bool = True
 
     def with_layer(self, layer: int) -> TextEncoder:
         return replace(self, layer=layer)
@@ -92,16 +111,35 @@ class TextEncoder:
                 hidden = out.last_hidden_state
             else:
                 # transformers >= 5.6 flattened CLIPTextModel (no .text_model); older versions wrap it.
-                final_norm = getattr(self.model, "text_model", self.model).final_layer_norm
-                hidden = final_norm(out.hidden_states[self.layer])
+                hidden = out.hidden_states[self.layer]
+                if self.norm_hidden:
+                    hidden = getattr(self.model, "text_model", self.model).final_layer_norm(hidden)
             hidden = hidden.float()
-            pooled = out.pooler_output[0:1].float()
+            # CLIP-G (SDXL) projects the end token's state; plain CLIP's pooled output is unused by SD1.
+            pooled = getattr(out, "text_embeds", None)
+            pooled = (pooled if pooled is not None else out.pooler_output)[0:1].float()
             if weighted:
                 empty = hidden[-1]
                 w = torch.tensor(weights, device=hidden.device).unsqueeze(-1)
                 hidden = torch.where(w != 1.0, (hidden[:-1] - empty) * w + empty, hidden[:-1])
             embeds = hidden.reshape(1, -1, hidden.shape[-1])
         return Cond(embeds=embeds, pooled=pooled)
+
+
+@dataclass
+class DualTextEncoder:
+    """SDXL's CLIP: CLIP-L and OpenCLIP-G side by side; their token embeddings are concatenated (768 + 1280
+    features in the real models) and the pooled output comes from G, as ComfyUI does."""
+
+    clip_l: TextEncoder
+    clip_g: TextEncoder
+
+    def with_layer(self, layer: int) -> DualTextEncoder:
+        return DualTextEncoder(self.clip_l.with_layer(layer), self.clip_g.with_layer(layer))
+
+    def encode(self, text: str) -> Cond:
+        low, high = self.clip_l.encode(text), self.clip_g.encode(text)
+        return Cond(embeds=torch.cat([low.embeds, high.embeds], dim=-1), pooled=high.pooled)
 
 
 @dataclass
@@ -131,7 +169,7 @@ class Vae:
 class Checkpoint:
     name: str
     model: Denoiser
-    clip: TextEncoder
+    clip: TextEncoder | DualTextEncoder
     vae: Vae
 
 
@@ -142,48 +180,117 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise UserError(f"cannot read {path.name} of checkpoint folder {path.parent.name}: {exc}") from exc
 
 
-def load_diffusers_folder(path: Path, name: str, device: torch.device, dtype: torch.dtype) -> Checkpoint:
-    """Load an SD1.x/SD2.x checkpoint saved in diffusers' folder layout (model_index.json + parts)."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    index = _read_json(path / "model_index.json")
-    if "text_encoder_2" in index or "transformer" in index:
-        raise UserError(
-            f"checkpoint {name!r}: {index.get('_class_name', 'this pipeline')} folders are not supported yet; "
-            "supported: Stable Diffusion 1.x/2.x in diffusers layout"
-        )
-    missing = [part for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if not (path / part).is_dir()]
-    if missing:
-        raise UserError(f"checkpoint {name!r} is missing the folder(s) {', '.join(missing)}")
-    common = {"local_files_only": True, "torch_dtype": dtype}
-    unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", **common)
-    vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **common)
-    text_model = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **common)
-    tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", local_files_only=True)
-    for module in (unet, vae, text_model):
-        module.to(device).eval().requires_grad_(False)
-
-    sched = _read_json(path / "scheduler" / "scheduler_config.json")
-    schedule = DiscreteSchedule.from_betas(
-        beta_start=sched.get("beta_start", 0.00085),
-        beta_end=sched.get("beta_end", 0.012),
-        beta_schedule=sched.get("beta_schedule", "scaled_linear"),
-        timesteps=sched.get("num_train_timesteps", 1000),
-        prediction=sched.get("prediction_type", "epsilon"),
+def _schedule(config: dict[str, Any]) -> DiscreteSchedule:
+    return DiscreteSchedule.from_betas(
+        beta_start=config.get("beta_start", 0.00085),
+        beta_end=config.get("beta_end", 0.012),
+        beta_schedule=config.get("beta_schedule", "scaled_linear"),
+        timesteps=config.get("num_train_timesteps", 1000),
+        prediction=config.get("prediction_type", "epsilon"),
     )
+
+
+def vae_dtype_for(family: str, dtype: torch.dtype) -> torch.dtype:
+    # SDXL's VAE overflows in fp16 (NaN images); bf16 has fp32's range at fp16's cost.
+    return torch.bfloat16 if family == "sdxl" and dtype == torch.float16 else dtype
+
+
+def assemble(
+    name: str,
+    family: str,
+    parts: dict[str, Any],
+    scheduler_config: dict[str, Any],
+    device: torch.device,
+    dtype: torch.dtype,
+) -> Checkpoint:
+    """Wrap loaded modules (unet, vae, text_encoder, tokenizer, and for SDXL text_encoder_2, tokenizer_2)
+    into the MODEL/CLIP/VAE objects, moved to the device once."""
+    unet, vae = parts["unet"], parts["vae"]
+    unet.to(device, dtype)
+    vae.to(device, vae_dtype_for(family, dtype))
+    encoders = []
+    for model_key, tokenizer_key in (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2")):
+        if model_key not in parts:
+            continue
+        text_model, tokenizer = parts[model_key].to(device, dtype), parts[tokenizer_key]
+        encoders.append(
+            TextEncoder(
+                tokenizer=tokenizer,
+                model=text_model,
+                device=device,
+                chunk_len=min(int(tokenizer.model_max_length), text_model.config.max_position_embeddings),
+                # ComfyUI's SDXL encoders read the penultimate layer without the final norm.
+                layer=-2 if family == "sdxl" else -1,
+                norm_hidden=family != "sdxl",
+            )
+        )
+    for module in (unet, vae, *(e.model for e in encoders)):
+        module.eval().requires_grad_(False)
+    clip: TextEncoder | DualTextEncoder = encoders[0] if family != "sdxl" else DualTextEncoder(*encoders)
     vae_scale = float(vae.config.get("scaling_factor", 0.18215))
     downscale = 2 ** (len(vae.config["block_out_channels"]) - 1)
     return Checkpoint(
         name=name,
         model=Denoiser(
-            unet=unet, schedule=schedule, device=device, dtype=dtype, name=name, latent_scale=vae_scale
+            unet=unet, schedule=_schedule(scheduler_config), device=device, dtype=dtype, name=name,
+            latent_scale=vae_scale, family=family, vae_factor=downscale,
         ),
-        clip=TextEncoder(
-            tokenizer=tokenizer,
-            model=text_model,
-            device=device,
-            chunk_len=min(int(tokenizer.model_max_length), text_model.config.max_position_embeddings),
-        ),
-        vae=Vae(model=vae, device=device, dtype=dtype, scale=vae_scale, downscale=downscale),
+        clip=clip,
+        vae=Vae(model=vae, device=device, dtype=vae_dtype_for(family, dtype), scale=vae_scale, downscale=downscale),
     )
+
+
+def load_diffusers_folder(path: Path, name: str, device: torch.device, dtype: torch.dtype) -> Checkpoint:
+    """An SD1.x or SDXL checkpoint in diffusers' folder layout (model_index.json + one folder per part)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    index = _read_json(path / "model_index.json")
+    if "transformer" in index or "unet" not in index:
+        raise UserError(
+            f"checkpoint {name!r}: {index.get('_class_name', 'this pipeline')} folders are not supported yet; "
+            "supported: Stable Diffusion 1.x and SDXL in diffusers layout"
+        )
+    family = "sdxl" if "text_encoder_2" in index else "sd1"
+    needed = ["unet", "vae", "text_encoder", "tokenizer", "scheduler"]
+    needed += ["text_encoder_2", "tokenizer_2"] if family == "sdxl" else []
+    missing = [part for part in needed if not (path / part).is_dir()]
+    if missing:
+        raise UserError(f"checkpoint {name!r} is missing the folder(s) {', '.join(missing)}")
+    common = {"local_files_only": True, "torch_dtype": dtype}
+    parts: dict[str, Any] = {
+        "unet": UNet2DConditionModel.from_pretrained(path, subfolder="unet", **common),
+        "vae": AutoencoderKL.from_pretrained(path, subfolder="vae", **common),
+        "text_encoder": CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **common),
+        "tokenizer": CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", local_files_only=True),
+    }
+    if family == "sdxl":
+        parts["text_encoder_2"] = CLIPTextModelWithProjection.from_pretrained(
+            path, subfolder="text_encoder_2", **common
+        )
+        parts["tokenizer_2"] = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer_2", local_files_only=True)
+    return assemble(name, family, parts, _read_json(path / "scheduler" / "scheduler_config.json"), device, dtype)
+
+
+def load_single_file(
+    path: Path, name: str, config_dirs: list[Path], device: torch.device, dtype: torch.dtype
+) -> Checkpoint:
+    """An SD1.x or SDXL checkpoint as one file in the original layout (what civitai and ComfyUI use)."""
+    from transformers import CLIPTokenizer
+
+    from worker.models import single_file as sf
+
+    state = sf.read_state_dict(path)
+    family = sf.detect_family(state)
+    config = sf.find_config(family, state, config_dirs)
+    unet, vae = sf.load_unet_and_vae(state, config, dtype)
+    parts: dict[str, Any] = {"unet": unet, "vae": vae}
+    parts["tokenizer"] = CLIPTokenizer.from_pretrained(config, subfolder="tokenizer", local_files_only=True)
+    if family == "sdxl":
+        parts["text_encoder"] = sf.load_clip_l(state, sf.SDXL_CLIP_L_PREFIX, config / "text_encoder")
+        parts["text_encoder_2"] = sf.load_clip_g(state, sf.SDXL_CLIP_G_PREFIX, config / "text_encoder_2")
+        parts["tokenizer_2"] = CLIPTokenizer.from_pretrained(config, subfolder="tokenizer_2", local_files_only=True)
+    else:
+        parts["text_encoder"] = sf.load_clip_l(state, sf.SD1_CLIP_PREFIX, config / "text_encoder")
+    del state
+    return assemble(name, family, parts, _read_json(config / "scheduler" / "scheduler_config.json"), device, dtype)

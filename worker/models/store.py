@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from worker.errors import UserError
-from worker.models.sd import Checkpoint, load_diffusers_folder
+from worker.models.sd import Checkpoint, load_diffusers_folder, load_single_file
 from worker.models.tiny import TINY_NAME, ensure_tiny_checkpoint
 from worker.names import relative_name_problem
 
@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 # ComfyUI's folder names; an alias list means any of them holds that kind of file.
 FOLDERS: dict[str, tuple[str, ...]] = {
     "checkpoints": ("checkpoints",),
+    # Architecture configs + tokenizers (diffusers folders without weights) for single-file checkpoints.
+    "configs": ("configs",),
 }
 FILE_EXTENSIONS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
 DIFFUSERS_MARKER = "model_index.json"
@@ -78,10 +80,7 @@ class ModelStore:
             if path.is_dir():
                 loaded = load_diffusers_folder(path, name, self.device, self.dtype)
             else:
-                raise UserError(
-                    f"checkpoint {name!r} is a single file; this version loads diffusers-format folders "
-                    f"(model_index.json + parts) only"
-                )
+                loaded = load_single_file(path, name, self.config_dirs(), self.device, self.dtype)
             if self.on_load is not None:
                 self.on_load(loaded)
             self.load_count += 1
@@ -94,6 +93,14 @@ class ModelStore:
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
             return loaded
+
+    def config_dirs(self) -> list[Path]:
+        """Config folders (diffusers layout, weights optional) in every root's configs/, in search order."""
+        found = []
+        for folder in self._folders("configs"):
+            if folder.is_dir():
+                found += [folder / name for name in sorted(_scan(folder)) if (folder / name).is_dir()]
+        return found
 
     def resident(self) -> list[str]:
         with self._lock:

@@ -43,6 +43,11 @@ def guided_denoiser(
     contexts = pos + neg
     length = math.lcm(*(c.shape[1] for c, _ in contexts))
     context = torch.cat([_repeat_to(c, length) for c, _ in contexts])
+    entries = positive + ([] if not neg else negative)
+    # SDXL also conditions on the pooled text embedding: one row per context row.
+    pooled = None
+    if all(c.pooled is not None for c in entries):
+        pooled = torch.cat([c.pooled.to(model.device).expand(batch, -1) for c in entries])
     copies = len(contexts)
 
     def side(parts: list[torch.Tensor], entries: list[tuple[torch.Tensor, float]]) -> torch.Tensor:
@@ -52,7 +57,7 @@ def guided_denoiser(
         return sum(p * (strength / total) for p, (_, strength) in zip(parts, entries, strict=True))
 
     def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
-        out = model(x.repeat(copies, 1, 1, 1), sigma, context)
+        out = model(x.repeat(copies, 1, 1, 1), sigma, context, pooled)
         parts = list(out.split(batch))
         cond = side(parts[: len(pos)], pos)
         if not neg:
