@@ -6,6 +6,7 @@ ComfyUI semantics around them (sigma-space denoising, prompt weights, latent sca
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 
 from worker.errors import UserError
+from worker.models import lora
 from worker.models.prompt import chunk_words, parse_weights
 from worker.sampling.schedule import DiscreteSchedule
 
@@ -25,6 +27,8 @@ class Cond:
     embeds: torch.Tensor
     pooled: torch.Tensor | None = None
     strength: float = 1.0
+    # ConditioningSetArea: (height, width, y, x) in latent pixels, as ComfyUI's "area"; None: the whole image.
+    area: tuple[int, int, int, int] | None = None
 
 
 @dataclass
@@ -39,6 +43,17 @@ class Denoiser:
     latent_scale: float = 0.18215  # VAE latents are multiplied by this on the way into sampling
     family: str = "sd1"  # "sdxl" adds pooled text and size conditioning
     vae_factor: int = 8
+    # LoRAs (file, strength) merged into the UNet while a sampler runs (see patched()).
+    patches: tuple[tuple[lora.LoraFile, float], ...] = ()
+
+    def with_lora(self, file: lora.LoraFile, strength: float) -> Denoiser:
+        if lora.matched(self.unet, "unet", file, dict(self.unet.config)) == 0:
+            raise UserError(f"LoRA {file.name!r} matches no layer of this {self.family} model")
+        return replace(self, patches=(*self.patches, (file, strength)))
+
+    def patched(self) -> contextlib.AbstractContextManager[None]:
+        """The UNet with this MODEL's LoRAs merged in, restored on exit."""
+        return lora.applied(self.unet, "unet", self.patches, dict(self.unet.config))
 
     def __call__(
         self, x: torch.Tensor, sigma: float, context: torch.Tensor, pooled: torch.Tensor | None = None
@@ -78,9 +93,17 @@ class TextEncoder:
     chunk_len: int = 77
     # SD1 applies the final layer norm to an earlier layer's output ("clip skip"); SDXL's encoders do not.
     norm_hidden: bool = True
+    lora_component: str = "te1"  # how LoRA files address this encoder ("te2" for SDXL's CLIP-G)
+    patches: tuple[tuple[lora.LoraFile, float], ...] = ()
 
     def with_layer(self, layer: int) -> TextEncoder:
         return replace(self, layer=layer)
+
+    def lora_matches(self, file: lora.LoraFile) -> int:
+        return lora.matched(self.model, self.lora_component, file, None)
+
+    def with_lora(self, file: lora.LoraFile, strength: float) -> TextEncoder:
+        return replace(self, patches=(*self.patches, (file, strength)))
 
     def _words(self, text: str) -> list[tuple[list[int], float]]:
         words: list[tuple[list[int], float]] = []
@@ -104,7 +127,7 @@ class TextEncoder:
         weighted = any(w != 1.0 for row in weights for w in row)
         if weighted:  # weights scale each token's distance from the empty prompt's embedding
             ids.append([bos, eos] + [pad] * (self.chunk_len - 2))
-        with torch.inference_mode():
+        with torch.inference_mode(), lora.applied(self.model, self.lora_component, self.patches):
             tokens = torch.tensor(ids, device=self.device)
             out = self.model(tokens, output_hidden_states=self.layer != -1, return_dict=True)
             if self.layer == -1:
@@ -136,6 +159,12 @@ class DualTextEncoder:
 
     def with_layer(self, layer: int) -> DualTextEncoder:
         return DualTextEncoder(self.clip_l.with_layer(layer), self.clip_g.with_layer(layer))
+
+    def lora_matches(self, file: lora.LoraFile) -> int:
+        return self.clip_l.lora_matches(file) + self.clip_g.lora_matches(file)
+
+    def with_lora(self, file: lora.LoraFile, strength: float) -> DualTextEncoder:
+        return DualTextEncoder(self.clip_l.with_lora(file, strength), self.clip_g.with_lora(file, strength))
 
     def encode(self, text: str) -> Cond:
         low, high = self.clip_l.encode(text), self.clip_g.encode(text)
@@ -222,6 +251,7 @@ def assemble(
                 # ComfyUI's SDXL encoders read the penultimate layer without the final norm.
                 layer=-2 if family == "sdxl" else -1,
                 norm_hidden=family != "sdxl",
+                lora_component="te2" if model_key == "text_encoder_2" else "te1",
             )
         )
     for module in (unet, vae, *(e.model for e in encoders)):

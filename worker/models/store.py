@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from worker.errors import UserError
+from worker.models.lora import LoraFile
 from worker.models.sd import Checkpoint, load_diffusers_folder, load_single_file
 from worker.models.tiny import TINY_NAME, ensure_tiny_checkpoint
 from worker.names import relative_name_problem
@@ -21,9 +22,11 @@ log = logging.getLogger(__name__)
 # ComfyUI's folder names; an alias list means any of them holds that kind of file.
 FOLDERS: dict[str, tuple[str, ...]] = {
     "checkpoints": ("checkpoints",),
+    "loras": ("loras",),
     # Architecture configs + tokenizers (diffusers folders without weights) for single-file checkpoints.
     "configs": ("configs",),
 }
+MAX_CACHED_LORAS = 8
 FILE_EXTENSIONS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
 DIFFUSERS_MARKER = "model_index.json"
 
@@ -38,6 +41,7 @@ class ModelStore:
         self.dtype = dtype
         self.max_resident = max_resident
         self._resident: OrderedDict[str, Checkpoint] = OrderedDict()
+        self._loras: OrderedDict[str, LoraFile] = OrderedDict()
         self._lock = threading.RLock()
         self.load_count = 0  # how many times a checkpoint was read from disk (resident hits do not count)
         self.load_seconds: dict[str, float] = {}
@@ -92,6 +96,20 @@ class ModelStore:
                 log.info("evicted checkpoint %s (MAX_RESIDENT_CHECKPOINTS=%d)", evicted, self.max_resident)
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
+            return loaded
+
+    def lora(self, name: str) -> LoraFile:
+        """A LoRA file's tensors (kept on the CPU, a few cached); applied to a model per use."""
+        with self._lock:
+            if name in self._loras:
+                self._loras.move_to_end(name)
+                return self._loras[name]
+            from worker.models.single_file import read_state_dict
+
+            loaded = LoraFile.from_state_dict(name, read_state_dict(self.resolve("loras", name)))
+            self._loras[name] = loaded
+            while len(self._loras) > MAX_CACHED_LORAS:
+                self._loras.popitem(last=False)
             return loaded
 
     def config_dirs(self) -> list[Path]:

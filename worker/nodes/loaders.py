@@ -16,3 +16,44 @@ def checkpoint_loader_simple(ctx: ExecutionContext, ckpt_name: str) -> tuple[Any
     """Load a checkpoint from models/checkpoints (kept resident across jobs)."""
     checkpoint = ctx.models.checkpoint(ckpt_name)
     return checkpoint.model, checkpoint.clip, checkpoint.vae
+
+
+def _lora_strength_input() -> Input:
+    return Input("FLOAT", default=1.0, min=-100.0, max=100.0)
+
+
+@node(
+    "LoraLoader",
+    inputs={
+        "model": Input("MODEL"),
+        "clip": Input("CLIP"),
+        "lora_name": Input("COMBO", choices_from="loras"),
+        "strength_model": _lora_strength_input(),
+        "strength_clip": _lora_strength_input(),
+    },
+    outputs=("MODEL", "CLIP"),
+)
+def lora_loader(
+    ctx: ExecutionContext, model: Any, clip: Any, lora_name: str, strength_model: float, strength_clip: float
+) -> tuple[Any, Any]:
+    """Apply a LoRA from models/loras to the model and text encoder (merged while they run, then removed)."""
+    lora = ctx.models.lora(lora_name)
+    if strength_model != 0 and lora.targets.get("unet"):
+        model = model.with_lora(lora, strength_model)  # raises when no layer matches (wrong model family)
+    if strength_clip != 0 and (lora.targets.get("te1") or lora.targets.get("te2")):
+        clip = clip.with_lora(lora, strength_clip)
+    return model, clip
+
+
+@node(
+    "LoraLoaderModelOnly",
+    inputs={
+        "model": Input("MODEL"),
+        "lora_name": Input("COMBO", choices_from="loras"),
+        "strength_model": _lora_strength_input(),
+    },
+    outputs=("MODEL",),
+)
+def lora_loader_model_only(ctx: ExecutionContext, model: Any, lora_name: str, strength_model: float) -> tuple[Any]:
+    """Apply a LoRA to the model only."""
+    return (model.with_lora(ctx.models.lora(lora_name), strength_model) if strength_model != 0 else model,)

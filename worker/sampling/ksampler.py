@@ -95,6 +95,6 @@ def ksample(
     )
     x = start + noise * ((1.0 + sigma_list[0] ** 2) ** 0.5 if full else sigma_list[0])
     denoiser = guided_denoiser(model, positive, negative, cfg, latent.shape[0])
-    with torch.inference_mode():
+    with torch.inference_mode(), model.patched():  # LoRAs merged for this sampling only
         x = SAMPLERS[sampler_name](denoiser, x, sigma_list, seed, on_step)
     return (x / model.latent_scale).cpu()
