@@ -14,6 +14,8 @@ from pathlib import Path
 from string import Formatter
 from urllib.parse import urlsplit
 
+from worker.attention.specs import CHOICES as ATTENTION_CHOICES
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # RunPod's request payload limits: /run 10 MB, /runsync 20 MB. A result over the limit is rejected when
@@ -256,6 +258,11 @@ class Settings:
     # Object storage for outputs and http(s) input images.
     storage: StorageSettings = field(default_factory=StorageSettings)
     url_inputs: UrlInputSettings = field(default_factory=UrlInputSettings)
+    # Attention kernels (worker/attention/): auto|fa3|fa2|sdpa|sdpa-cudnn|..., timing at start-up, and where
+    # the image baked the kernel builds (loaded from there only, never downloaded at run time).
+    attention_backend: str = "auto"
+    attention_autotune: bool = False
+    attention_kernels_dir: Path = REPO_ROOT / ".cache" / "kernels"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -303,6 +310,9 @@ class Settings:
             progress_interval_s=_int(env, "PROGRESS_INTERVAL_MS", 1000, minimum=0) / 1000,
             storage=_storage(env),
             url_inputs=_url_inputs(env),
+            attention_backend=_choice(env, "ATTENTION_BACKEND", "auto", ATTENTION_CHOICES),
+            attention_autotune=_bool(env, "ATTENTION_AUTOTUNE", False),
+            attention_kernels_dir=Path(_lookup(env, "ATTENTION_KERNELS_DIR") or cache_dir / "kernels").expanduser(),
             runpod_log_level=_choice(
                 env, "RUNPOD_LOG_LEVEL", "INFO", ("notset", "trace", "debug", "info", "warn", "error")
             ).upper(),

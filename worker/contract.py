@@ -1,8 +1,10 @@
 """The request/response contract of worker-comfyui 5.x: `job["input"]` -> Request, results -> v5 output.
 
-Request:  {"workflow": {...} | "<json>", "images": [{"name": "x.png", "image": "<base64 | data URI>"}],
+Request:  {"workflow": {...} | "<json>", "images": [{"name": "x.png", "image": "<base64 | data URI | URL>"}],
+           "output"?: {"format", "quality", "upload", "metadata"}, "workflow_ui"?: {...},
            "comfy_org_api_key"?: ignored}
-Success:  {"images": [{"filename": "ComfyUI_00001_.png", "type": "base64", "data": "..."}], "errors"?: [...]}
+Success:  {"images": [{"filename": "ComfyUI_00001_.png", "type": "base64" | "s3_url", "data": "..."}],
+           "errors"?: [...]}
 Failure:  {"error": "<message>"}  (a string: a dict-valued error can end a job COMPLETED, not FAILED)
 """
 
@@ -12,18 +14,36 @@ import base64
 import binascii
 import json
 import re
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 from worker.config import Settings
 from worker.errors import UserError
+from worker.fetch import fetch_image_bytes, is_url
 from worker.imaging import probe_image
 from worker.names import relative_name_problem
 
-_DATA_URI = re.compile(r"^data:[\w.+-]+/[\w.+-]+;base64,", re.IGNORECASE)
+# data:<type>[;param=value...];base64, (RFC 2397 allows parameters before ;base64)
+_DATA_URI = re.compile(r"^data:[\w.+-]+/[\w.+-]+(?:;[\w.+-]+=[^;,]*)*;base64,", re.IGNORECASE)
 # Keys the client may send that the worker accepts without using (worker-comfyui compatibility).
 IGNORED_KEYS = frozenset({"comfy_org_api_key", "api_key_override"})
-KNOWN_KEYS = frozenset({"workflow", "images"}) | IGNORED_KEYS
+KNOWN_KEYS = frozenset({"workflow", "images", "output", "workflow_ui"}) | IGNORED_KEYS
+OUTPUT_FORMATS = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg", "webp": "webp"}
+_UPLOAD_MODES = {True: "always", False: "never", "auto": "auto"}
+# URL inputs download in parallel, a few at a time.
+_FETCH_WORKERS = 4
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """`input.output`: how images are encoded and delivered."""
+
+    format: str = "png"  # png | jpeg | webp
+    quality: int = 90  # jpeg/webp only
+    upload: str | None = None  # always | never | auto; None: the worker's BUCKET_UPLOAD
+    metadata: bool = True  # embed the workflow ('prompt', and 'workflow' from input.workflow_ui)
+    workflow_ui: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -31,6 +51,7 @@ class Request:
     workflow: dict[str, Any]
     images: dict[str, bytes]  # name -> verified image bytes
     unknown_keys: tuple[str, ...] = ()
+    output: OutputOptions = field(default_factory=OutputOptions)
 
 
 def parse_request(job_input: Any, settings: Settings) -> Request:
@@ -42,9 +63,61 @@ def parse_request(job_input: Any, settings: Settings) -> Request:
     if not job_input:
         raise UserError("'input' is empty; expected {\"workflow\": {...}, \"images\"?: [...]}")
     workflow = _workflow(job_input.get("workflow"))
+    output = _output(job_input.get("output"), job_input.get("workflow_ui"), settings)
     images = _images(job_input.get("images"), settings)
     unknown = tuple(sorted(k for k in job_input if k not in KNOWN_KEYS))
-    return Request(workflow=workflow, images=images, unknown_keys=unknown)
+    return Request(workflow=workflow, images=images, unknown_keys=unknown, output=output)
+
+
+def _output(raw: Any, workflow_ui: Any, settings: Settings) -> OutputOptions:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"'input.output' must be an object like {{\"format\": \"webp\"}}, got {type(raw).__name__}")
+    problems = [
+        f"input.output.{key}: unknown option; expected format, quality, upload, metadata"
+        for key in raw
+        if key not in ("format", "quality", "upload", "metadata")
+    ]
+    fmt = raw.get("format", "png")
+    if not isinstance(fmt, str) or fmt.lower() not in OUTPUT_FORMATS:
+        problems.append(f"input.output.format: {fmt!r} is not one of png, jpeg, webp")
+        fmt = "png"
+    quality = raw.get("quality", 90)
+    if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
+        problems.append(f"input.output.quality: {quality!r} is not an integer from 1 to 100")
+    upload = raw.get("upload")
+    if upload is not None and (not isinstance(upload, bool | str) or upload not in _UPLOAD_MODES):
+        problems.append(f"input.output.upload: {upload!r} is not true, false or \"auto\"")
+    elif upload is True and not settings.storage.enabled:
+        state = settings.storage.problem or "not configured"
+        problems.append(
+            f"input.output.upload is true but object storage is {state} (BUCKET_ENDPOINT_URL, BUCKET_NAME, "
+            "BUCKET_ACCESS_KEY_ID, BUCKET_SECRET_ACCESS_KEY)"
+        )
+    metadata = raw.get("metadata", True)
+    if not isinstance(metadata, bool):
+        problems.append(f"input.output.metadata: {metadata!r} is not true or false")
+    if isinstance(workflow_ui, str) and isinstance(parsed := _json_or_none(workflow_ui), dict):
+        workflow_ui = parsed
+    if workflow_ui is not None and not isinstance(workflow_ui, dict):
+        problems.append("input.workflow_ui: expected the UI workflow as an object (or as a JSON string)")
+    if problems:
+        raise UserError.many("invalid output options", problems)
+    return OutputOptions(
+        format=OUTPUT_FORMATS[fmt.lower()],
+        quality=quality,
+        upload=None if upload is None else _UPLOAD_MODES[upload],
+        metadata=metadata,
+        workflow_ui=workflow_ui,
+    )
+
+
+def _json_or_none(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
 
 
 def _workflow(raw: Any) -> dict[str, Any]:
@@ -74,7 +147,7 @@ def _images(raw: Any, settings: Settings) -> dict[str, bytes]:
         raise UserError(f"'input.images' must be a list of {{name, image}} objects, got {type(raw).__name__}")
     if len(raw) > settings.max_input_images:
         raise UserError(f"'input.images' has {len(raw)} images; the limit is {settings.max_input_images}")
-    images: dict[str, bytes] = {}
+    sources: dict[str, tuple[str, Any]] = {}  # name -> (where, image field)
     problems: list[str] = []
     for index, item in enumerate(raw):
         where = f"input.images[{index}]"
@@ -87,27 +160,48 @@ def _images(raw: Any, settings: Settings) -> dict[str, bytes]:
             problems.append(f"{where}.name {name!r}: {problem}")
             continue
         where = f"{where} ({name!r})"
-        if name in images:
+        if name in sources:
             problems.append(f"{where}: the name is used twice")
             continue
-        try:
-            images[name] = _image_bytes(item.get("image"), settings)
-        except UserError as exc:
-            problems.append(f"{where}.image {exc}")
+        sources[name] = (where, item.get("image"))
+    urls = sum(isinstance(image, str) and is_url(image.strip()) for _, image in sources.values())
+    if urls:
+        with ThreadPoolExecutor(max_workers=min(_FETCH_WORKERS, urls), thread_name_prefix="fetch") as pool:
+            decoded = list(pool.map(lambda source: _try_image_bytes(source[1], settings), sources.values()))
+    else:
+        decoded = [_try_image_bytes(image, settings) for _, image in sources.values()]
+    images: dict[str, bytes] = {}
+    for (name, (where, _)), (data, problem) in zip(sources.items(), decoded, strict=True):
+        if problem is not None:
+            problems.append(f"{where}.image {problem}")
+        else:
+            images[name] = data
     if problems:
         raise UserError.many("invalid input images", problems)
     return images
 
 
+def _try_image_bytes(raw: Any, settings: Settings) -> tuple[bytes, str | None]:
+    try:
+        return _image_bytes(raw, settings), None
+    except UserError as exc:
+        return b"", str(exc)
+
+
 def _image_bytes(raw: Any, settings: Settings) -> bytes:
     if not isinstance(raw, str) or not raw:
-        raise UserError("is missing; expected base64 image data (a data: URI prefix is allowed)")
-    text = _DATA_URI.sub("", raw.strip(), count=1)
+        raise UserError("is missing; expected base64 image data (a data: URI prefix is allowed) or a URL")
+    if is_url(raw.strip()):
+        data = fetch_image_bytes(raw.strip(), settings)
+        probe_image(data, settings.max_input_pixels)
+        return data
+    # Wrapped base64 (76-column lines from `base64` or encodebytes) is common: drop whitespace first.
+    text = "".join(_DATA_URI.sub("", raw.strip(), count=1).split())
     # 4 base64 characters carry 3 bytes: refuse oversize input before decoding it.
     if len(text) * 3 // 4 > settings.max_input_image_bytes + 3:
         raise UserError(f"is over the limit of {settings.max_input_image_bytes} bytes")
     try:
-        data = base64.b64decode("".join(text.split()), validate=True)
+        data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise UserError("is not valid base64") from None
     if len(data) > settings.max_input_image_bytes:

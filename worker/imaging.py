@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, ImageSequence, PngImagePlugin
+from PIL import Image, ImageOps, ImageSequence, PngImagePlugin, UnidentifiedImageError
 
 from worker.errors import UserError
 
@@ -31,7 +31,9 @@ def probe_image(data: bytes, max_pixels: int) -> tuple[str, int, int]:
             img.verify()
     except UserError:
         raise
-    except Exception as exc:
+    except UnidentifiedImageError:
+        raise UserError("is not a readable image: no known format (PNG, JPEG, WebP, GIF, BMP, TIFF...)") from None
+    except Exception as exc:  # truncated or corrupt file
         raise UserError(f"is not a readable image ({type(exc).__name__}: {exc})") from None
     return fmt, width, height
 
@@ -76,4 +78,38 @@ def encode_png(pixels: np.ndarray, text: dict[str, Any] | None = None, compress_
             info.add_text(key, value if isinstance(value, str) else json.dumps(value))
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG", pnginfo=info, compress_level=compress_level)
+    return buffer.getvalue()
+
+
+# Output formats: file extension and MIME type.
+FORMATS = {"png": (".png", "image/png"), "jpeg": (".jpg", "image/jpeg"), "webp": (".webp", "image/webp")}
+# JPEG keeps EXIF in one APP1 segment of at most 64 KiB; a larger workflow is left out of a JPEG.
+_JPEG_MAX_EXIF = 65_000
+
+
+def encode_image(pixels: np.ndarray, fmt: str, quality: int = 90, text: dict[str, Any] | None = None) -> bytes:
+    """PNG (text chunks) or lossy JPEG/WebP. JPEG/WebP carry `text` in EXIF as ComfyUI's WebP nodes write it:
+    'prompt' in tag 0x0110 (Model), other entries ('workflow') from tag 0x010F (Make) downwards."""
+    if fmt == "png":
+        return encode_png(pixels, text)
+    image = Image.fromarray(pixels).convert("RGB")
+    exif = Image.Exif()
+    tag = 0x010F
+    for key, value in (text or {}).items():
+        value = value if isinstance(value, str) else json.dumps(value)
+        if key == "prompt":
+            exif[0x0110] = f"prompt:{value}"
+        else:
+            exif[tag] = f"{key}:{value}"
+            tag -= 1
+    exif_bytes = exif.tobytes() if text else b""
+    if fmt == "jpeg" and len(exif_bytes) > _JPEG_MAX_EXIF:
+        exif_bytes = b""
+    buffer = io.BytesIO()
+    if fmt == "jpeg":
+        image.save(buffer, format="JPEG", quality=quality, exif=exif_bytes)
+    elif fmt == "webp":
+        image.save(buffer, format="WEBP", quality=quality, method=4, exif=exif_bytes)
+    else:
+        raise ValueError(f"unknown output format {fmt!r}")
     return buffer.getvalue()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -47,7 +48,8 @@ def deadline_for(job: Any, default_timeout_s: float, now: float | None = None) -
     return now + timeout
 
 
-def _choices(runtime: Runtime, images: dict[str, bytes]):
+def choices_for(runtime: Runtime, images: dict[str, bytes]) -> Callable[[str], list[str]]:
+    """What a COMBO input may name: model files of a folder, or the job's input images."""
     def choices(source: str) -> list[str]:
         if source == "input_images":
             return [*images, *(f"{name} [input]" for name in images)]
@@ -56,7 +58,7 @@ def _choices(runtime: Runtime, images: dict[str, bytes]):
     return choices
 
 
-def _limits(runtime: Runtime) -> dict[str, float]:
+def limits_for(runtime: Runtime) -> dict[str, float]:
     s = runtime.settings
     return {"max_side": s.max_side, "max_batch": s.max_batch, "max_steps": s.max_steps}
 
@@ -80,8 +82,8 @@ def run_job(
         plan = build_plan(
             request.workflow,
             registry(),
-            _choices(runtime, request.images),
-            _limits(runtime),
+            choices_for(runtime, request.images),
+            limits_for(runtime),
             runtime.settings.max_workflow_nodes,
         )
         nodes = len(plan.order)
@@ -100,7 +102,7 @@ def run_job(
             with torch.inference_mode():
                 report = execute(plan, ctx)
         timer.lap("execute")
-        delivery = deliver(ctx.saved, plan.workflow, runtime.settings.max_result_bytes, runtime.settings.output_dir)
+        delivery = deliver(ctx.saved, plan.workflow, runtime.settings, request.output, job_id)
         timer.lap("deliver")
         images = len(delivery.items)
         if not delivery.items:

@@ -1,61 +1,159 @@
-"""Encoding and delivery of saved images: PNG with the workflow embedded, base64 items for the v5 result,
-kept under the platform's payload limit, and optionally written to a local folder."""
+"""Encoding and delivery of saved images: PNG (workflow embedded), JPEG or WebP; returned as base64 or uploaded
+to object storage as URLs; optionally written to a local folder.
+
+RunPod rejects a result over its payload limit (10 MB from /run, 20 MB from /runsync) and the client may then
+see a job COMPLETED with no output. So a result that would be over MAX_RESULT_BYTES is uploaded when object
+storage is configured, and otherwise the job fails with a message that says what to change: never a result
+with images silently left out.
+"""
 
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from worker.contract import output_item
+from worker.config import Settings, StorageSettings
+from worker.contract import OutputOptions, output_item, success
 from worker.engine import SavedImage
-from worker.imaging import encode_png
+from worker.errors import UserError
+from worker.imaging import FORMATS, encode_image
+from worker.storage import OutputFile, Store, Uploaded, store_for
 
 log = logging.getLogger(__name__)
+
+
+class DeliveryError(UserError):
+    """The images exist but cannot be delivered; the message says why and what to change."""
 
 
 @dataclass
 class Delivery:
     items: list[dict[str, str]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
-    result_bytes: int = 0
+    result_bytes: int = 0  # the JSON result's size
+    uploaded: int = 0
     written: list[Path] = field(default_factory=list)
+
+
+def encode(image: SavedImage, workflow: dict[str, Any], options: OutputOptions) -> OutputFile:
+    """One saved image in the requested format, named as ComfyUI names it with the format's extension."""
+    text: dict[str, Any] | None = None
+    if options.metadata:
+        # ComfyUI keeps the API graph in 'prompt' and the UI graph in 'workflow', so the file can be dropped
+        # back into ComfyUI.
+        text = {"prompt": json.dumps(workflow)}
+        if options.workflow_ui is not None:
+            text["workflow"] = json.dumps(options.workflow_ui)
+    extension, content_type = FORMATS[options.format]
+    filename = str(PurePosixPath(image.filename).with_suffix(extension))
+    name = f"{image.subfolder}/{filename}" if image.subfolder else filename
+    return OutputFile(name=name, data=encode_image(image.pixels, options.format, options.quality, text),
+                      content_type=content_type)
 
 
 def deliver(
     saved: list[SavedImage],
     workflow: dict[str, Any],
-    max_result_bytes: int,
-    output_dir: Path | None = None,
+    settings: Settings,
+    options: OutputOptions | None = None,
+    job_id: str = "?",
+    store: Store | None = None,
 ) -> Delivery:
-    """Encode every saved image. Images that would push the result past `max_result_bytes` are left out
-    with a note in `errors` (a result over RunPod's limit would be rejected whole)."""
+    """Encode every saved image and deliver it as base64 or, when object storage is configured and wanted
+    (BUCKET_UPLOAD / input.output.upload) or the result would be too large, as a URL. Raises DeliveryError
+    when the result cannot be delivered whole."""
+    options = options or OutputOptions()
+    files = [encode(image, workflow, options) for image in saved]
     delivery = Delivery()
-    # ComfyUI keeps the API graph in a 'prompt' text chunk, so a PNG can be dropped back into ComfyUI.
-    metadata = {"prompt": json.dumps(workflow)}
-    for image in saved:
-        png = encode_png(image.pixels, metadata)
-        if output_dir is not None:
-            delivery.written.append(_write(output_dir, image, png))
-        data = base64.b64encode(png).decode("ascii")
-        if delivery.result_bytes + len(data) > max_result_bytes:
-            delivery.errors.append(
-                f"{image.filename} from node {image.node_id} left out: adding its {len(data)} bytes of base64 "
-                f"would exceed the {max_result_bytes}-byte result limit (MAX_RESULT_BYTES); "
-                "send fewer or smaller images per job"
-            )
-            continue
-        delivery.result_bytes += len(data)
-        delivery.items.append(output_item(image.filename, data))
+    if settings.output_dir is not None:
+        delivery.written = [_write(settings.output_dir, file) for file in files]
+    storage = settings.storage
+    encoded = [base64.b64encode(file.data).decode("ascii") for file in files]
+    base64_items = [output_item(_filename(file), data) for file, data in zip(files, encoded, strict=True)]
+    limit = settings.max_result_bytes
+    size = _size(base64_items, [])
+    mode = options.upload or storage.upload
+    wants_upload = mode == "always" or (mode == "auto" and size > limit)
+    if wants_upload and storage.enabled:
+        return _upload(store or store_for(storage), job_id, files, base64_items, limit, delivery)
+    if size > limit:
+        raise DeliveryError(_too_large(size, limit, len(files), storage, mode))
+    if wants_upload and storage.requested:  # asked for, but half-configured: say so in the result and the log
+        _warn_misconfigured(storage.describe())
+        delivery.errors.append(f"images returned as base64, not uploaded: object storage is {storage.problem}")
+    delivery.items, delivery.result_bytes = base64_items, _size(base64_items, delivery.errors)
     return delivery
 
 
-def _write(output_dir: Path, image: SavedImage, png: bytes) -> Path:
-    folder = output_dir / image.subfolder if image.subfolder else output_dir
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / image.filename
-    path.write_bytes(png)
+def _upload(
+    store: Store,
+    job_id: str,
+    files: list[OutputFile],
+    base64_items: list[dict[str, str]],
+    limit: int,
+    delivery: Delivery,
+) -> Delivery:
+    uploads = store.upload_all(job_id, files)
+    failed: list[Uploaded] = []
+    for upload, fallback in zip(uploads, base64_items, strict=True):
+        if upload.url is not None:
+            delivery.items.append(output_item(fallback["filename"], upload.url, kind="s3_url"))
+            delivery.uploaded += 1
+        else:
+            # The image is not lost: it goes back as base64 if the result still fits.
+            failed.append(upload)
+            delivery.items.append(fallback)
+            delivery.errors.append(
+                f"{fallback['filename']}: upload to {store.where()} failed ({upload.error}); returned as base64"
+            )
+    delivery.result_bytes = _size(delivery.items, delivery.errors)
+    if failed and delivery.result_bytes > limit:
+        raise DeliveryError(
+            f"{len(failed)} of {len(files)} images could not be uploaded to {store.where()} "
+            f"({failed[0].error}), and returning them as base64 would make the result {delivery.result_bytes} "
+            f"bytes, over the {limit}-byte limit (MAX_RESULT_BYTES); check the bucket and its credentials"
+        )
+    return delivery
+
+
+def _too_large(size: int, limit: int, count: int, storage: StorageSettings, mode: str) -> str:
+    message = (
+        f"the result would be {size} bytes ({count} images as base64), over the {limit}-byte limit "
+        "(MAX_RESULT_BYTES; RunPod accepts 10 MB from /run and 20 MB from /runsync). "
+    )
+    if mode == "never" and storage.enabled:
+        return message + "input.output.upload is false: allow the upload (true or \"auto\"), or lower " + _SMALLER
+    if storage.requested:
+        return message + f"Object storage is {storage.problem}: fix the BUCKET_* settings, or lower " + _SMALLER
+    return (
+        message + "Configure object storage (BUCKET_ENDPOINT_URL, BUCKET_ACCESS_KEY_ID, BUCKET_SECRET_ACCESS_KEY, "
+        "BUCKET_NAME) to get URLs instead, or lower " + _SMALLER
+    )
+
+
+_SMALLER = 'width/height or batch_size, or ask for a smaller format (input.output.format "jpeg" or "webp")'
+
+
+@functools.lru_cache(maxsize=8)
+def _warn_misconfigured(status: str) -> None:
+    log.warning("object storage %s; images are returned as base64 while they fit", status)
+
+
+def _filename(file: OutputFile) -> str:
+    return file.name.rsplit("/", 1)[-1]
+
+
+def _size(items: list[dict[str, str]], errors: list[str]) -> int:
+    return len(json.dumps(success(items, errors)))
+
+
+def _write(output_dir: Path, file: OutputFile) -> Path:
+    path = output_dir / file.name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(file.data)
     return path

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from worker.attention.manager import AttentionManager
 from worker.config import ConfigError, Settings
 from worker.models.store import ModelStore
 from worker.models.tiny import TINY_NAME
@@ -67,6 +68,8 @@ class Runtime:
     boot_seconds: dict[str, float] = field(default_factory=dict)
     # One job at a time on the device: jobs share resident models and GPU memory.
     job_lock: threading.Lock = field(default_factory=threading.Lock)
+    # The attention backend chosen at start-up and installed into every loaded model (worker/attention/).
+    attention: AttentionManager | None = None
 
     def health(self) -> dict[str, Any]:
         return {
@@ -74,7 +77,9 @@ class Runtime:
             "gpu": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None,
             "dtype": str(self.dtype).removeprefix("torch."),
             "resident_checkpoints": self.models.resident(),
+            "storage": self.settings.storage.describe(),
             "boot_seconds": {k: round(v, 3) for k, v in self.boot_seconds.items()},
+            "attention": self.attention.health() if self.attention is not None else None,
         }
 
 
@@ -106,24 +111,31 @@ def boot(settings: Settings | None = None) -> Runtime:
     quiet_libraries()
     device = pick_device(settings.device, torch.cuda.is_available())
     dtype = pick_dtype(settings.dtype, device)
+    attention = AttentionManager.from_settings(settings, device, dtype)
     store = ModelStore(
         roots=list(settings.model_roots),
         cache_dir=settings.cache_dir,
         device=device,
         dtype=dtype,
         max_resident=settings.max_resident_checkpoints,
+        on_load=attention.on_load,  # the first model chooses the backend (on its shapes); each gets it installed
     )
-    runtime = Runtime(settings=settings, device=device, dtype=dtype, models=store)
+    runtime = Runtime(settings=settings, device=device, dtype=dtype, models=store, attention=attention)
     loading = time.perf_counter()
     for name in preload_names(settings, store.list("checkpoints")):
         store.checkpoint(name)
+    attention.ensure_selected()  # chosen on SD1.5's shapes when no model was preloaded
     runtime.boot_seconds["load_models"] = time.perf_counter() - loading
+    runtime.boot_seconds["attention"] = attention.seconds
     runtime.boot_seconds["total"] = time.perf_counter() - started
     log.info(
-        "worker ready on %s (%s) in %.2fs; resident: %s",
+        "worker ready on %s (%s) in %.2fs; resident: %s; storage: %s",
         device,
         runtime.health()["dtype"],
         runtime.boot_seconds["total"],
         ", ".join(store.resident()) or "none",
+        settings.storage.describe(),
     )
+    if settings.storage.problem:
+        log.warning("object storage is not usable: %s", settings.storage.problem)
     return runtime

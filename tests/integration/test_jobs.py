@@ -124,14 +124,19 @@ def test_unknown_checkpoint_lists_available(runtime) -> None:
     assert "'tiny-sd'" in result["error"]
 
 
-def test_large_results_are_trimmed_to_the_payload_limit(runtime) -> None:
+def test_result_over_the_payload_limit_fails_with_size_limit_and_fix(runtime) -> None:
+    # No object storage: the job fails whole instead of returning some images (or none) without a word.
     small = dataclasses.replace(runtime, settings=dataclasses.replace(runtime.settings, max_result_bytes=20_000))
+    one = run_job(small, job(txt2img(batch_size=1)))
+    assert set(one) == {"images"}, one  # one 64x64 PNG fits
     result = run_job(small, job(txt2img(batch_size=3)))
-    kept = result["images"]
-    assert 1 <= len(kept) < 3
-    assert sum(len(item["data"]) for item in kept) <= 20_000
-    assert len(result["errors"]) == 3 - len(kept)
-    assert "MAX_RESULT_BYTES" in result["errors"][0]
+    assert set(result) == {"error"}, result
+    message = result["error"]
+    size = int(message.split("the result would be ")[1].split(" bytes")[0])
+    assert size > 20_000
+    assert "20000-byte limit (MAX_RESULT_BYTES" in message
+    assert "3 images" in message
+    assert "BUCKET_ENDPOINT_URL" in message and "batch_size" in message
 
 
 def test_output_dir_receives_files(runtime, tmp_path: Path) -> None:
