@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import torch
+import torch.nn.functional as F
 
 from worker.models.sd import Cond, Denoiser
 from worker.sampling.samplers import SAMPLERS
-from worker.sampling.schedule import sigmas_for
+from worker.sampling.schedule import sigmas_for, step_window
 
 SAMPLER_NAMES = tuple(SAMPLERS)
 
@@ -21,8 +23,8 @@ def initial_noise(shape: torch.Size | tuple[int, ...], seed: int) -> torch.Tenso
     return torch.randn(shape, dtype=torch.float32, generator=generator, device="cpu")
 
 
-def _contexts(conds: list[Cond], batch: int, device: torch.device) -> list[tuple[torch.Tensor, float]]:
-    return [(c.embeds.to(device).expand(batch, -1, -1), c.strength) for c in conds]
+FEATHER = 8  # latent pixels over which an area's weight ramps up along edges inside the image (ComfyUI's)
+TINY_COUNT = 1e-37  # ComfyUI's starting weight sum: a side whose weights are all 0 predicts 0, not NaN
 
 
 def _repeat_to(context: torch.Tensor, length: int) -> torch.Tensor:
@@ -31,39 +33,157 @@ def _repeat_to(context: torch.Tensor, length: int) -> torch.Tensor:
     return context.repeat(1, length // context.shape[1], 1)
 
 
+def _inside(inner: tuple[int, ...], outer: tuple[int, ...]) -> bool:
+    h, w, y, x = inner
+    oh, ow, oy, ox = outer
+    return y >= oy and x >= ox and y + h <= oy + oh and x + w <= ox + ow
+
+
+def _with_matching_areas(conds: list[Cond], others: list[Cond]) -> list[Cond]:
+    """`conds` plus, for every area entry of the other side that `conds` has no entry for, a copy of that
+    entry (area, strength) with the embeddings of the smallest entry of `conds` that covers it. ComfyUI
+    does this so that guidance inside an area compares like with like."""
+    out = list(conds)
+    for other in others:
+        if other.area is None:
+            continue
+        smallest: Cond | None = None
+        for candidate in out:
+            if candidate.area is None:
+                smallest = smallest or candidate
+            elif _inside(other.area, candidate.area) and (
+                smallest is None
+                or smallest.area is None
+                or math.prod(smallest.area[:2]) > math.prod(candidate.area[:2])
+            ):
+                smallest = candidate
+        if smallest is not None and smallest.area != other.area:
+            out.append(replace(other, embeds=smallest.embeds, pooled=smallest.pooled))
+    return out
+
+
+def _region(cond: Cond, height: int, width: int) -> tuple[int, int, int, int] | None:
+    """(h, w, y, x) of the latent that `cond` applies to, cut at the latent's edges; None if outside it."""
+    if cond.area is None:
+        return height, width, 0, 0
+    h, w, y, x = cond.area
+    h, w = min(h, height - y), min(w, width - x)
+    return (h, w, y, x) if h > 0 and w > 0 else None
+
+
+def _edge_ramp(length: int, start: bool, end: bool) -> torch.Tensor:
+    """1 along an axis, ramping (t + 1) / FEATHER over the first/last FEATHER pixels on the sides asked."""
+    weights = torch.ones(length)
+    n = min(FEATHER, length)
+    ramp = torch.arange(1, n + 1, dtype=torch.float32) / FEATHER
+    if start:
+        weights[:n] *= ramp
+    if end:
+        weights[length - n:] *= ramp.flip(0)
+    return weights
+
+
+def _weight(cond: Cond, region: tuple[int, int, int, int], height: int, width: int) -> float | torch.Tensor:
+    """How much an entry's prediction counts at each latent pixel of its region: its strength, feathered
+    along area edges that lie inside the image (ComfyUI's get_area_and_mult)."""
+    if cond.area is None:
+        return cond.strength
+    h, w, y, x = cond.area
+    rows = _edge_ramp(region[0], y != 0, y + h < height)
+    cols = _edge_ramp(region[1], x != 0, x + w < width)
+    return (cond.strength * rows[:, None] * cols[None, :]).reshape(1, 1, region[0], region[1])
+
+
+@dataclass
+class _Run:
+    """Entries whose regions have one size, evaluated in one UNet call."""
+
+    entries: list[tuple[int, tuple[int, int, int, int], float | torch.Tensor]]  # (side, region, weight)
+    context: torch.Tensor
+    pooled: torch.Tensor | None
+
+
 def guided_denoiser(
     model: Denoiser, positive: list[Cond], negative: list[Cond], cfg: float, batch: int
 ) -> Callable[[torch.Tensor, float], torch.Tensor]:
-    """`f(x, sigma) -> denoised` with classifier-free guidance: uncond + cfg * (cond - uncond).
+    """`f(x, sigma) -> denoised` with classifier-free guidance: uncond + cfg * (cond - uncond), each side
+    computed as ComfyUI's calc_cond_batch does.
 
-    Every (entry, latent batch) pair runs in one UNet call; several entries of one side are averaged
-    by strength. cfg == 1 skips the negative side entirely, as ComfyUI does."""
-    pos = _contexts(positive, batch, model.device)
-    neg = [] if math.isclose(cfg, 1.0) else _contexts(negative, batch, model.device)
-    contexts = pos + neg
-    length = math.lcm(*(c.shape[1] for c, _ in contexts))
-    context = torch.cat([_repeat_to(c, length) for c, _ in contexts])
-    entries = positive + ([] if not neg else negative)
-    # SDXL also conditions on the pooled text embedding: one row per context row.
-    pooled = None
-    if all(c.pooled is not None for c in entries):
-        pooled = torch.cat([c.pooled.to(model.device).expand(batch, -1) for c in entries])
-    copies = len(contexts)
+    Each side is the average of its entries' predictions weighted by strength; an entry with an area
+    (ConditioningSetArea) is run on that part of the latent only and weighted there with feathered edges.
+    Entries whose regions have the same size share one UNet call. cfg == 1 skips the negative side
+    entirely, as ComfyUI does."""
+    negative = _with_matching_areas(negative, positive)
+    positive = _with_matching_areas(positive, negative)
+    sides = [positive] if math.isclose(cfg, 1.0) else [positive, negative]
+    planned: dict[tuple[int, int], list[_Run]] = {}
 
-    def side(parts: list[torch.Tensor], entries: list[tuple[torch.Tensor, float]]) -> torch.Tensor:
-        if len(parts) == 1:
-            return parts[0]
-        total = sum(strength for _, strength in entries)
-        return sum(p * (strength / total) for p, (_, strength) in zip(parts, entries, strict=True))
+    def plan(height: int, width: int) -> list[_Run]:
+        groups: dict[tuple[int, int], list[tuple[int, Cond, tuple[int, int, int, int]]]] = {}
+        for side, conds in enumerate(sides):
+            for cond in conds:
+                region = _region(cond, height, width)
+                if region is not None:
+                    groups.setdefault(region[:2], []).append((side, cond, region))
+        runs = []
+        for members in groups.values():
+            length = math.lcm(*(c.embeds.shape[1] for _, c, _ in members))
+            context = torch.cat(
+                [_repeat_to(c.embeds.to(model.device), length).expand(batch, -1, -1) for _, c, _ in members]
+            )
+            # SDXL also conditions on the pooled text embedding: one row per context row.
+            pooled = None
+            if all(c.pooled is not None for _, c, _ in members):
+                pooled = torch.cat([c.pooled.to(model.device).expand(batch, -1) for _, c, _ in members])
+            entries = []
+            for side, cond, region in members:
+                weight = _weight(cond, region, height, width)
+                entries.append((side, region, weight if isinstance(weight, float) else weight.to(model.device)))
+            runs.append(_Run(entries, context, pooled))
+        return runs
 
     def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
-        out = model(x.repeat(copies, 1, 1, 1), sigma, context, pooled)
-        parts = list(out.split(batch))
-        cond = side(parts[: len(pos)], pos)
-        if not neg:
+        size = (x.shape[2], x.shape[3])
+        if size not in planned:
+            planned[size] = plan(*size)
+        totals = [torch.zeros_like(x) for _ in sides]
+        counts = [torch.full_like(x, TINY_COUNT) for _ in sides]
+        for run in planned[size]:
+            crops = [x[:, :, y:y + h, x0:x0 + w] for _, (h, w, y, x0), _ in run.entries]
+            out = model(torch.cat(crops), sigma, run.context, run.pooled)
+            for (side, (h, w, y, x0), weight), pred in zip(run.entries, out.split(batch), strict=True):
+                totals[side][:, :, y:y + h, x0:x0 + w] += pred * weight
+                counts[side][:, :, y:y + h, x0:x0 + w] += weight
+        cond = totals[0] / counts[0]
+        if len(sides) == 1:
             return cond
-        uncond = side(parts[len(pos):], neg)
+        uncond = totals[1] / counts[1]
         return uncond + (cond - uncond) * cfg
+
+    return denoise
+
+
+def prepare_noise_mask(mask: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
+    """A LATENT's noise_mask ([B, 1, H, W] or [B, H, W], any size) resized bilinearly to the latent
+    [B, C, h, w], repeated over channels and over the batch (or cut to it), as ComfyUI's prepare_mask."""
+    mask = mask.reshape(-1, 1, mask.shape[-2], mask.shape[-1]).float()
+    mask = F.interpolate(mask, size=tuple(shape[2:]), mode="bilinear").repeat(1, shape[1], 1, 1)
+    if mask.shape[0] < shape[0]:
+        mask = mask.repeat(math.ceil(shape[0] / mask.shape[0]), 1, 1, 1)
+    return mask[: shape[0]]
+
+
+def inpainting_denoiser(
+    denoiser: Callable[[torch.Tensor, float], torch.Tensor], mask: torch.Tensor, latent: torch.Tensor,
+    noise: torch.Tensor,
+) -> Callable[[torch.Tensor, float], torch.Tensor]:
+    """ComfyUI's KSamplerX0Inpaint: where `mask` is 0 the model sees the original latent noised to the
+    current sigma and its prediction is replaced by the original latent, so only the masked area changes."""
+    keep = 1.0 - mask
+
+    def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
+        x = x * mask + (latent + noise * sigma) * keep
+        return denoiser(x, sigma) * mask + latent * keep
 
     return denoise
 
@@ -80,14 +200,26 @@ def ksample(
     positive: list[Cond],
     negative: list[Cond],
     denoise: float = 1.0,
+    noise_mask: torch.Tensor | None = None,
     on_step: Callable[[int, int], None] = lambda step, steps: None,
+    add_noise: bool = True,
+    start_step: int | None = None,
+    last_step: int | None = None,
+    force_full_denoise: bool = False,
 ) -> torch.Tensor:
-    """Sample from `latent` (VAE space, [B, C, H, W]); returns latents in VAE space on the CPU."""
-    sigmas = sigmas_for(model.schedule, scheduler, steps, denoise)
-    if len(sigmas) < 2:
+    """Sample from `latent` (VAE space, [B, C, H, W]); returns latents in VAE space on the CPU.
+    `noise_mask` (a LATENT's, 1 = change) limits the change to the masked area (inpainting)."""
+    sigmas = step_window(  # KSamplerAdvanced's start/end steps; KSampler leaves them None
+        sigmas_for(model.schedule, scheduler, steps, denoise, sampler=sampler_name),
+        start_step,
+        last_step,
+        force_full_denoise,
+    )
+    if sigmas is None or len(sigmas) < 2:
         return latent.clone()
     sigma_list = [float(s) for s in sigmas]
-    noise = initial_noise(latent.shape, seed).to(model.device)
+    # add_noise off (KSamplerAdvanced): ComfyUI samples with all-zero noise; the seed still seeds the sampler.
+    noise = (initial_noise(latent.shape, seed) if add_noise else torch.zeros(latent.shape)).to(model.device)
     start = latent.to(model.device, torch.float32) * model.latent_scale
     # From pure noise (sigma at the schedule's top) ComfyUI scales noise to unit variance of x_T.
     full = sigma_list[0] >= model.schedule.sigma_max or math.isclose(
@@ -95,6 +227,9 @@ def ksample(
     )
     x = start + noise * ((1.0 + sigma_list[0] ** 2) ** 0.5 if full else sigma_list[0])
     denoiser = guided_denoiser(model, positive, negative, cfg, latent.shape[0])
+    if noise_mask is not None:
+        mask = prepare_noise_mask(noise_mask, x.shape).to(model.device)
+        denoiser = inpainting_denoiser(denoiser, mask, start, noise)
     with torch.inference_mode(), model.patched():  # LoRAs merged for this sampling only
         x = SAMPLERS[sampler_name](denoiser, x, sigma_list, seed, on_step)
     return (x / model.latent_scale).cpu()

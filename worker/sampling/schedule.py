@@ -11,7 +11,10 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+
+from worker.sampling.samplers import DISCARD_PENULTIMATE_SIGMA
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,24 @@ def ddim_uniform(s: DiscreteSchedule, steps: int) -> torch.Tensor:
     return torch.tensor(picked[::-1], dtype=torch.float32)
 
 
+def beta(s: DiscreteSchedule, steps: int, alpha: float = 0.6, beta: float = 0.6) -> torch.Tensor:
+    """Training sigmas at the Beta(alpha, beta) quantiles 1, 1 - 1/steps, ..., 1/steps of the timestep range
+    (arXiv:2407.12173): dense at both ends. Timesteps are rounded half to even (numpy's rint) and a timestep
+    equal to the one before it is dropped, so many steps may give fewer sigmas, as in ComfyUI."""
+    from scipy import stats  # scipy's beta quantile function, which ComfyUI uses; imported on first use
+
+    last = len(s.sigmas) - 1
+    quantiles = 1 - np.linspace(0, 1, steps, endpoint=False)
+    timesteps = np.rint(stats.beta.ppf(quantiles, alpha, beta) * last)
+    picked: list[float] = []
+    previous = None
+    for t in timesteps:
+        if t != previous:
+            picked.append(float(s.sigmas[int(t)]))
+        previous = t
+    return torch.tensor([*picked, 0.0], dtype=torch.float32)
+
+
 SCHEDULERS: dict[str, Callable[[DiscreteSchedule, int], torch.Tensor]] = {
     "normal": normal,
     "karras": karras,
@@ -122,16 +143,46 @@ SCHEDULERS: dict[str, Callable[[DiscreteSchedule, int], torch.Tensor]] = {
     "sgm_uniform": sgm_uniform,
     "simple": simple,
     "ddim_uniform": ddim_uniform,
+    "beta": beta,
 }
 
 
-def sigmas_for(s: DiscreteSchedule, scheduler: str, steps: int, denoise: float = 1.0) -> torch.Tensor:
+def sigmas_for(
+    s: DiscreteSchedule, scheduler: str, steps: int, denoise: float = 1.0, sampler: str | None = None
+) -> torch.Tensor:
     """ComfyUI's KSampler sigmas: with denoise < 1 it schedules steps/denoise steps and keeps the last
-    steps+1 sigmas, so img2img starts part-way down the same schedule."""
+    steps+1 sigmas, so img2img starts part-way down the same schedule. For the samplers in
+    DISCARD_PENULTIMATE_SIGMA (dpm_2, dpm_2_ancestral, uni_pc, uni_pc_bh2) every schedule is made one step
+    longer and loses its second-to-last sigma, as ComfyUI does for them."""
     make = SCHEDULERS[scheduler]
+
+    def calculate(count: int) -> torch.Tensor:
+        if sampler in DISCARD_PENULTIMATE_SIGMA:
+            longer = make(s, count + 1)
+            return torch.cat([longer[:-2], longer[-1:]])
+        return make(s, count)
+
     if denoise > 0.9999:
-        return make(s, steps)
+        return calculate(steps)
     if denoise <= 0.0:
         return torch.zeros(0)
     total = int(steps / denoise)
-    return make(s, total)[-(steps + 1):]
+    return calculate(total)[-(steps + 1):]
+
+
+def step_window(
+    sigmas: torch.Tensor, start_step: int | None, last_step: int | None, force_full_denoise: bool
+) -> torch.Tensor | None:
+    """The part of a schedule KSamplerAdvanced samples (ComfyUI's KSampler.sample): up to sigma index
+    `last_step` (then ending at 0 when `force_full_denoise`, i.e. return_with_leftover_noise disabled) and from
+    index `start_step`. None when start_step leaves no step to take: ComfyUI then returns the latent as it
+    came."""
+    if last_step is not None and last_step < len(sigmas) - 1:
+        sigmas = sigmas[: last_step + 1].clone()
+        if force_full_denoise:
+            sigmas[-1] = 0.0
+    if start_step is not None:
+        if start_step >= len(sigmas) - 1:
+            return None
+        sigmas = sigmas[start_step:]
+    return sigmas
