@@ -220,8 +220,9 @@ def _schedule(config: dict[str, Any]) -> DiscreteSchedule:
 
 
 def vae_dtype_for(family: str, dtype: torch.dtype) -> torch.dtype:
-    # SDXL's VAE overflows in fp16 (NaN images); bf16 has fp32's range at fp16's cost.
-    return torch.bfloat16 if family == "sdxl" and dtype == torch.float16 else dtype
+    """SDXL's VAE overflows in fp16 (NaN images); bf16 has fp32's range at fp16's cost. A standalone VAE
+    ("any") may be SDXL's, so it gets bf16 too."""
+    return torch.bfloat16 if family in ("sdxl", "any") and dtype == torch.float16 else dtype
 
 
 def assemble(

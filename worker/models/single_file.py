@@ -126,3 +126,34 @@ def load_unet_and_vae(state: dict[str, torch.Tensor], config: Path, dtype: torch
     unet = UNet2DConditionModel.from_single_file(state, subfolder="unet", **common)
     vae = AutoencoderKL.from_single_file(state, subfolder="vae", **common)
     return unet, vae
+
+
+def find_vae_config(state: dict[str, torch.Tensor], config_dirs: list[Path]) -> Path:
+    """A config folder whose VAE has this file's width and latent channels."""
+    width = int(state["encoder.conv_in.weight"].shape[0])
+    latent = int(state["decoder.conv_in.weight"].shape[1])
+    for folder in config_dirs:
+        try:
+            vae = json.loads((folder / "vae" / "config.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if vae.get("block_out_channels", [None])[0] == width and vae.get("latent_channels") == latent:
+            return folder
+    raise UserError(f"no config folder in models/configs has a VAE of width {width} with {latent} latent channels")
+
+
+def load_vae_file(path: Path, config_dirs: list[Path], dtype: torch.dtype) -> Any:
+    """A standalone VAE (models/vae): original layout (encoder.*/decoder.*, optionally under
+    first_stage_model.) or a diffusers VAE folder (config.json + weights)."""
+    from diffusers import AutoencoderKL
+
+    if path.is_dir():
+        return AutoencoderKL.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
+    state = read_state_dict(path)
+    state = {key.removeprefix("first_stage_model."): value for key, value in state.items()}
+    if "encoder.conv_in.weight" not in state or "decoder.conv_in.weight" not in state:
+        raise UserError(f"{path.name} is not a VAE (no encoder.conv_in / decoder.conv_in weights)")
+    config = find_vae_config(state, config_dirs)
+    return AutoencoderKL.from_single_file(
+        state, config=str(config), subfolder="vae", torch_dtype=dtype, local_files_only=True
+    )

@@ -8,12 +8,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from worker.errors import UserError
 from worker.models.lora import LoraFile
-from worker.models.sd import Checkpoint, load_diffusers_folder, load_single_file
+from worker.models.sd import Checkpoint, Vae, load_diffusers_folder, load_single_file, vae_dtype_for
 from worker.models.tiny import TINY_NAME, ensure_tiny_checkpoint
 from worker.names import relative_name_problem
 
@@ -23,12 +24,21 @@ log = logging.getLogger(__name__)
 FOLDERS: dict[str, tuple[str, ...]] = {
     "checkpoints": ("checkpoints",),
     "loras": ("loras",),
+    "vae": ("vae",),
+    "upscale_models": ("upscale_models",),
     # Architecture configs + tokenizers (diffusers folders without weights) for single-file checkpoints.
     "configs": ("configs",),
 }
 MAX_CACHED_LORAS = 8
+MAX_RESIDENT_VAES = 2
+MAX_RESIDENT_UPSCALE_MODELS = 2
 FILE_EXTENSIONS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
 DIFFUSERS_MARKER = "model_index.json"
+
+
+def is_model_folder(path: Path) -> bool:
+    """A diffusers pipeline folder (model_index.json) or a single diffusers model folder (config.json)."""
+    return (path / DIFFUSERS_MARKER).is_file() or (path / "config.json").is_file()
 
 
 class ModelStore:
@@ -42,6 +52,8 @@ class ModelStore:
         self.max_resident = max_resident
         self._resident: OrderedDict[str, Checkpoint] = OrderedDict()
         self._loras: OrderedDict[str, LoraFile] = OrderedDict()
+        self._vaes: OrderedDict[str, Vae] = OrderedDict()
+        self._upscale_models: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.RLock()
         self.load_count = 0  # how many times a checkpoint was read from disk (resident hits do not count)
         self.load_seconds: dict[str, float] = {}
@@ -67,7 +79,7 @@ class ModelStore:
             raise UserError(f"{kind} name {name!r} is not allowed: {problem}")
         for folder in self._folders(kind):
             candidate = folder / name
-            if candidate.is_file() or (candidate / DIFFUSERS_MARKER).is_file():
+            if candidate.is_file() or is_model_folder(candidate):
                 return candidate
         if kind == "checkpoints" and name == TINY_NAME:
             return ensure_tiny_checkpoint(self.cache_dir / "checkpoints")
@@ -98,6 +110,25 @@ class ModelStore:
                     torch.cuda.empty_cache()
             return loaded
 
+    def vae(self, name: str) -> Vae:
+        """A standalone VAE from models/vae (VAELoader), kept resident (a few, least recently used out)."""
+        with self._lock:
+            if name in self._vaes:
+                self._vaes.move_to_end(name)
+                return self._vaes[name]
+            from worker.models.single_file import load_vae_file
+
+            dtype = vae_dtype_for("any", self.dtype)
+            module = load_vae_file(self.resolve("vae", name), self.config_dirs(), dtype)
+            module.to(self.device).eval().requires_grad_(False)
+            loaded = Vae(model=module, device=self.device, dtype=dtype,
+                         scale=float(module.config.get("scaling_factor", 0.18215)),
+                         downscale=2 ** (len(module.config["block_out_channels"]) - 1))
+            self._vaes[name] = loaded
+            while len(self._vaes) > MAX_RESIDENT_VAES:
+                self._vaes.popitem(last=False)
+            return loaded
+
     def lora(self, name: str) -> LoraFile:
         """A LoRA file's tensors (kept on the CPU, a few cached); applied to a model per use."""
         with self._lock:
@@ -110,6 +141,23 @@ class ModelStore:
             self._loras[name] = loaded
             while len(self._loras) > MAX_CACHED_LORAS:
                 self._loras.popitem(last=False)
+            return loaded
+
+    def upscale_model(self, name: str) -> Any:
+        """An upscale model from models/upscale_models (architecture detected by spandrel), kept resident."""
+        from worker.models.upscale import load_upscale_model
+
+        with self._lock:
+            if name in self._upscale_models:
+                self._upscale_models.move_to_end(name)
+                return self._upscale_models[name]
+            started = time.perf_counter()
+            loaded = load_upscale_model(self.resolve("upscale_models", name), name, self.device)
+            log.info("loaded upscale model %s (%s, x%d) in %.2fs", name, loaded.architecture.name, loaded.scale,
+                     time.perf_counter() - started)
+            self._upscale_models[name] = loaded
+            while len(self._upscale_models) > MAX_RESIDENT_UPSCALE_MODELS:
+                self._upscale_models.popitem(last=False)
             return loaded
 
     def config_dirs(self) -> list[Path]:
@@ -139,7 +187,7 @@ def _scan(folder: Path) -> set[str]:
             if entry.name.startswith("."):
                 continue
             if entry.is_dir():
-                if (entry / DIFFUSERS_MARKER).is_file():
+                if is_model_folder(entry):
                     found.add(entry.relative_to(folder).as_posix())
                 else:
                     stack.append(entry)

@@ -57,3 +57,9 @@ def lora_loader(
 def lora_loader_model_only(ctx: ExecutionContext, model: Any, lora_name: str, strength_model: float) -> tuple[Any]:
     """Apply a LoRA to the model only."""
     return (model.with_lora(ctx.models.lora(lora_name), strength_model) if strength_model != 0 else model,)
+
+
+@node("VAELoader", inputs={"vae_name": Input("COMBO", choices_from="vae")}, outputs=("VAE",))
+def vae_loader(ctx: ExecutionContext, vae_name: str) -> tuple[Any]:
+    """Load a VAE from models/vae (kept resident), e.g. to replace a checkpoint's own."""
+    return (ctx.models.vae(vae_name),)
