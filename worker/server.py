@@ -8,6 +8,8 @@ Routes, each also under /v2/{endpoint_id}/:
   POST /cancel/{id}         cancel a queued or running job (stops within one sampler step)
   GET /health               RunPod's {"jobs", "workers"} counts plus this worker's state
   GET /ping                 load-balancer probe: 204 while loading and warming up, 200 when ready
+  GET /object_info[/{node}] ComfyUI's node catalogue: inputs, ranges, defaults, model files per input
+  GET /models[/{folder}]    model folders, or the file names in one (checkpoints, loras, ...)
 The models load in the background after the server is up, so /ping can say "initializing".
 """
 
@@ -26,8 +28,11 @@ import aiohttp
 from aiohttp import web
 
 from worker.config import Settings
+from worker.engine import registry
+from worker.engine.introspect import object_info
 from worker.jobqueue import FINAL, JobService, QueueFull
-from worker.jobs import run_job
+from worker.jobs import choices_for, limits_for, run_job
+from worker.models.store import FOLDERS
 from worker.progress import Throttle
 from worker.runtime import Runtime, start
 
@@ -144,6 +149,36 @@ async def ping(request: web.Request) -> web.Response:
     return web.json_response({"status": "healthy"})
 
 
+def _ready_runtime(request: web.Request) -> Runtime | web.Response:
+    runtime = request.app[STATE].get("runtime")
+    return runtime if runtime is not None else _error(503, "the worker is still starting; retry when /ping is 200")
+
+
+async def node_info(request: web.Request) -> web.Response:
+    runtime = _ready_runtime(request)
+    if isinstance(runtime, web.Response):
+        return runtime
+    info = await asyncio.to_thread(object_info, registry(), choices_for(runtime, {}), limits_for(runtime))
+    wanted = request.match_info.get("class_type")
+    if wanted is None:
+        return web.json_response(info)
+    if wanted not in info:
+        return _error(404, f"unknown node type {wanted!r}")
+    return web.json_response({wanted: info[wanted]})
+
+
+async def models(request: web.Request) -> web.Response:
+    runtime = _ready_runtime(request)
+    if isinstance(runtime, web.Response):
+        return runtime
+    folder = request.match_info.get("folder")
+    if folder is None:
+        return web.json_response(sorted(FOLDERS))
+    if folder not in FOLDERS:
+        return _error(404, f"unknown model folder {folder!r}; folders: {', '.join(sorted(FOLDERS))}")
+    return web.json_response(await asyncio.to_thread(runtime.models.list, folder))
+
+
 async def _post_json(url: str, body: dict[str, Any]) -> None:
     timeout = aiohttp.ClientTimeout(total=10)
     async with aiohttp.ClientSession(timeout=timeout) as session, session.post(url, json=body) as response:
@@ -172,6 +207,9 @@ def create_app(settings: Settings, starter: Callable[[Settings], Runtime] = star
         app.router.add_route(method, path, handler)
         app.router.add_route(method, "/v2/{endpoint_id}" + path, handler)
     app.router.add_get("/ping", ping)
+    for path, handler in [("/object_info", node_info), ("/object_info/{class_type}", node_info),
+                          ("/models", models), ("/models/{folder}", models)]:
+        app.router.add_get(path, handler)
 
     async def boot_in_background(app: web.Application) -> None:
         async def boot() -> None:

@@ -273,3 +273,15 @@ def test_failed_start_up_makes_ping_unhealthy(runtime) -> None:
         assert status == 503 and "no model files" in body["error"]
     finally:
         srv.close()
+
+
+def test_object_info_and_model_lists(server: ServerThread) -> None:
+    status, info = server.call("GET", "/object_info")
+    assert status == 200
+    assert "tiny-sd" in info["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0]
+    assert set(server.call("GET", "/object_info/KSampler")[1]) == {"KSampler"}
+    assert server.call("GET", "/object_info/Nope")[0] == 404
+    assert "checkpoints" in server.call("GET", "/models")[1]
+    assert "tiny-sd" in server.call("GET", "/models/checkpoints")[1]
+    status, body = server.call("GET", "/models/weights")
+    assert status == 404 and "checkpoints" in body["error"]

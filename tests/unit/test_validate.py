@@ -110,9 +110,9 @@ def test_node_inputs_not_an_object() -> None:
 
 def test_unknown_class_type_lists_supported_types() -> None:
     graph = txt2img()
-    graph["12"] = {"class_type": "UpscaleModelLoader", "inputs": {"model_name": "x.pth"}}
+    graph["12"] = {"class_type": "ControlNetApplyAdvanced", "inputs": {"strength": 1.0}}
     message = rejected(graph)
-    assert "12 (UpscaleModelLoader)" in message
+    assert "12 (ControlNetApplyAdvanced)" in message
     assert "unsupported" in message
     for supported in ("KSampler", "CheckpointLoaderSimple", "SaveImage", "LoadImage"):
         assert supported in message
