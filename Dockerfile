@@ -14,9 +14,28 @@ ENV PYTHONUNBUFFERED=1 \
 WORKDIR /opt/worker
 
 # Dependencies first: this layer is reused until a requirements file changes.
-COPY requirements/runtime.txt requirements/constraints.txt requirements/
+COPY requirements/runtime.txt requirements/runtime-nodeps.txt requirements/constraints.txt requirements/
 RUN python -m pip install -r requirements/runtime.txt -c requirements/constraints.txt \
+    && python -m pip install --no-deps -r requirements/runtime-nodeps.txt -c requirements/constraints.txt \
     && python -c "import torch, diffusers, transformers, runpod; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+
+# Attention kernels (README "Attention kernels"): the FA3 and FA2 builds matching this image's torch/CUDA are
+# downloaded now (kernels.install_kernel, the one variant for this torch/CUDA/platform) and copied to
+# $ATTENTION_KERNELS_DIR/<kernel>/build/<variant>/ with a manifest.json; at run time the worker imports them
+# from there with kernels.get_local_kernel and never downloads (HF_HUB_OFFLINE=1 above). A kernel with no build
+# for this torch is reported here and skipped: the worker then uses PyTorch SDPA. FA3 is ~1.7 GB, FA2 ~450 MB:
+# --build-arg ATTENTION_KERNELS= leaves them out; ATTENTION_KERNEL_REVISIONS="--revision fa3=<commit> ..." pins.
+# Only the files this step needs are copied first, so the layer survives changes to the rest of the worker.
+ARG ATTENTION_KERNELS=fa3,fa2
+ARG ATTENTION_KERNEL_REVISIONS=
+ENV ATTENTION_KERNELS_DIR=/opt/worker/cache/kernels
+COPY worker/__init__.py worker/
+COPY worker/attention/__init__.py worker/attention/specs.py worker/attention/bake.py worker/attention/
+RUN if [ -n "$ATTENTION_KERNELS" ]; then \
+        HF_HUB_OFFLINE=0 KERNELS_CACHE=/tmp/kernels-download python -m worker.attention.bake \
+            "$ATTENTION_KERNELS_DIR" --only "$ATTENTION_KERNELS" $ATTENTION_KERNEL_REVISIONS \
+        && rm -rf /tmp/kernels-download; \
+    fi
 
 COPY worker/ worker/
 COPY handler.py test_input.json ./

@@ -7,7 +7,7 @@ TORCH_VERSION := 2.13.0
 # CI runners elsewhere set https://download.pytorch.org/whl/cpu to avoid the multi-GB CUDA build.
 TORCH_INDEX ?=
 STAMP := $(VENV)/.installed
-REQS := requirements/runtime.txt requirements/dev.txt requirements/constraints.txt
+REQS := requirements/runtime.txt requirements/runtime-nodeps.txt requirements/dev.txt requirements/constraints.txt
 
 .PHONY: setup run test lint serve clean
 
@@ -20,6 +20,7 @@ $(STAMP): $(REQS)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install --quiet -r requirements/runtime.txt -r requirements/dev.txt -c requirements/constraints.txt
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements/runtime-nodeps.txt -c requirements/constraints.txt
 	touch $(STAMP)
 
 # The main job: ./test_input.json through handler.py on the built-in tiny model; images land in ./output/.

@@ -27,6 +27,17 @@ def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_sdxl_single_file(
         checkpoints / "tiny-sdxl-diffusers", checkpoints / "tiny-sdxl.safetensors", configs / "tiny-sdxl"
     )
+    from diffusers import AutoencoderKL
+
+    from worker.models.ldm_names import vae_to_ldm
+
+    vae = AutoencoderKL.from_pretrained(sd1, subfolder="vae")
+    (root / "vae").mkdir()
+    bare = {k.removeprefix("first_stage_model."): v.contiguous()
+            for k, v in vae_to_ldm(vae.state_dict(), dict(vae.config)).items()}
+    save_file(bare, str(root / "vae" / "tiny-vae.safetensors"))
+    vae.save_pretrained(root / "vae" / "tiny-vae-diffusers")
+    save_file({"encoder.conv_in.weight": torch.zeros(1)}, str(root / "vae" / "broken.safetensors"))
     return root
 
 
@@ -122,3 +133,21 @@ def test_no_matching_config_names_the_family_and_the_configs(runtime_sf, models_
     save_file(state, str(models_root / "checkpoints" / "wide-sd1.safetensors"))
     result = run_job(runtime_sf, job(ckpt="wide-sd1.safetensors"))
     assert "sd1" in result["error"] and "tiny-sd1" in result["error"] and "channels 40" in result["error"]
+
+
+def with_vae_loader(vae_name: str, **kwargs) -> dict:
+    workflow = txt2img(**kwargs)
+    workflow["40"] = {"class_type": "VAELoader", "inputs": {"vae_name": vae_name}}
+    workflow["8"]["inputs"]["vae"] = ["40", 0]
+    return {"id": "vae", "input": {"workflow": workflow}}
+
+
+def test_vae_loader_single_file_and_folder_decode_like_the_checkpoint_vae(runtime_sf) -> None:
+    own = pixels(run_job(runtime_sf, job(ckpt="tiny-sd", seed=2)))
+    assert pixels(run_job(runtime_sf, with_vae_loader("tiny-vae.safetensors", ckpt="tiny-sd", seed=2))) == own
+    assert pixels(run_job(runtime_sf, with_vae_loader("tiny-vae-diffusers", ckpt="tiny-sd", seed=2))) == own
+
+
+def test_vae_loader_rejects_a_file_that_is_not_a_vae(runtime_sf) -> None:
+    result = run_job(runtime_sf, with_vae_loader("broken.safetensors"))
+    assert "node 40 (VAELoader)" in result["error"] and "not a VAE" in result["error"]
