@@ -210,10 +210,16 @@ def _image_bytes(raw: Any, settings: Settings) -> bytes:
     return data
 
 
-def success(images: list[dict[str, str]], errors: list[str]) -> dict[str, Any]:
+def success(
+    images: list[dict[str, str]], errors: list[str], metadata: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """v5 result. `metadata` (device, attention backend, stage and node timings) is an addition of this
+    worker; v5 clients read `images` and ignore it."""
     result: dict[str, Any] = {"images": images}
     if errors:
         result["errors"] = errors
+    if metadata:
+        result["metadata"] = metadata
     return result
 
 

@@ -3,6 +3,7 @@ and never raises: every failure becomes `{"error": "<message>"}` and one log lin
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -109,7 +110,16 @@ def run_job(
             raise UserError("no image fits in the result: " + "; ".join(delivery.errors))
         outcome = "ok" if not delivery.errors else "partial"
         log.debug("job %s node timings: %s", job_id, report.node_ms)
-        return contract.success(delivery.items, delivery.errors)
+        metadata = {
+            "device": str(runtime.device),
+            "attention": runtime.attention.describe() if runtime.attention is not None else None,
+            "timings_ms": {stage: round(ms, 1) for stage, ms in timer.ms.items()},
+            "nodes_ms": {node: round(ms, 1) for node, ms in report.node_ms.items()},
+        }
+        result = contract.success(delivery.items, delivery.errors, metadata)
+        if len(json.dumps(result)) > runtime.settings.max_result_bytes:
+            result.pop("metadata")  # optional: never the reason a result goes over the payload limit
+        return result
     except UserError as exc:
         outcome = "rejected"
         return contract.failure(str(exc))

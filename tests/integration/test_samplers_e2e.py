@@ -38,7 +38,7 @@ def generate(runtime, sampler: str, scheduler: str, seed: int = 1) -> dict[str, 
 
 
 def pixels(result: dict[str, Any]) -> np.ndarray:
-    assert set(result) == {"images"}, result
+    assert set(result) - {"metadata"} == {"images"}, result
     [item] = result["images"]
     return np.asarray(decode_result_image(item).convert("RGB"), dtype=np.int16)
 

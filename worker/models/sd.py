@@ -56,7 +56,12 @@ class Denoiser:
         return lora.applied(self.unet, "unet", self.patches, dict(self.unet.config))
 
     def __call__(
-        self, x: torch.Tensor, sigma: float, context: torch.Tensor, pooled: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        sigma: float,
+        context: torch.Tensor,
+        pooled: torch.Tensor | None = None,
+        latent_size: tuple[int, int] | None = None,
     ) -> torch.Tensor:
         """Denoised x0 for latents `x` (float32, [B, C, H, W]) at noise level `sigma`; `context` and `pooled`
         hold one row per row of `x`."""
@@ -66,8 +71,10 @@ class Denoiser:
         if self.family == "sdxl":
             if pooled is None:
                 raise UserError("an SDXL model needs conditioning from an SDXL text encoder (pooled output missing)")
-            # ComfyUI's defaults: original and target size = the latent's pixel size, no crop.
-            height, width = x.shape[2] * self.vae_factor, x.shape[3] * self.vae_factor
+            # ComfyUI's defaults: original and target size = the whole latent's pixel size (also when `x` is
+            # an area crop of it), no crop.
+            rows, cols = latent_size or (x.shape[2], x.shape[3])
+            height, width = rows * self.vae_factor, cols * self.vae_factor
             time_ids = torch.tensor([height, width, 0, 0, height, width], device=x.device, dtype=self.dtype)
             extra = {"text_embeds": pooled.to(self.dtype), "time_ids": time_ids.expand(x.shape[0], -1)}
         out = self.unet(

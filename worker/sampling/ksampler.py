@@ -150,7 +150,7 @@ def guided_denoiser(
         counts = [torch.full_like(x, TINY_COUNT) for _ in sides]
         for run in planned[size]:
             crops = [x[:, :, y:y + h, x0:x0 + w] for _, (h, w, y, x0), _ in run.entries]
-            out = model(torch.cat(crops), sigma, run.context, run.pooled)
+            out = model(torch.cat(crops), sigma, run.context, run.pooled, latent_size=size)
             for (side, (h, w, y, x0), weight), pred in zip(run.entries, out.split(batch), strict=True):
                 totals[side][:, :, y:y + h, x0:x0 + w] += pred * weight
                 counts[side][:, :, y:y + h, x0:x0 + w] += weight
