@@ -40,10 +40,23 @@ RUN if [ -n "$ATTENTION_KERNELS" ]; then \
 COPY worker/ worker/
 COPY handler.py test_input.json ./
 
+# Architecture configs + tokenizers (no weights) that single-file SD1.5 / SDXL checkpoints need, and optional
+# model files: --build-arg MODELS="checkpoints/x.safetensors=hf://owner/repo/x.safetensors ..." bakes them
+# (leave it empty for network-volume setups). A gated repo's token comes from a BuildKit secret
+# (docker build --secret id=hf_token,src=token.txt), mounted only for this step: never in a layer.
+ARG MODEL_CONFIGS=sd15,sdxl
+ARG MODELS=
+RUN --mount=type=secret,id=hf_token \
+    HF_HUB_OFFLINE=0 python -m worker.models.bake /opt/worker/models --configs "$MODEL_CONFIGS" \
+        --models "$MODELS" --token-file /run/secrets/hf_token \
+    && rm -rf /root/.cache/huggingface
+
 # Write the built-in tiny checkpoint now so the image answers test_input.json with no writes at start-up.
 RUN python -c "from pathlib import Path; from worker.models.tiny import ensure_tiny_checkpoint; \
 ensure_tiny_checkpoint(Path('/opt/worker/cache/checkpoints'))"
 
 # Model files: bake them under /opt/worker/models/<checkpoints|loras|vae|...>/ in a derived image, or
 # attach a network volume: /runpod-volume/models/<same folders> is searched automatically.
+# Load-balancer endpoints start the same image with: python -u handler.py --serve (see docs/deployment.md).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=600s --retries=3 CMD ["python", "-m", "worker.healthcheck"]
 CMD ["python", "-u", "handler.py"]

@@ -61,3 +61,38 @@ def test_runtime_requirements_are_pinned() -> None:
         line = line.split("#")[0].strip()
         if line:
             assert re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+==[\w.+]+", line), f"not pinned: {line}"
+
+
+def base_image_versions() -> tuple[tuple[int, int], tuple[int, int]]:
+    [base] = [rest for keyword, rest in dockerfile_instructions() if keyword == "FROM"]
+    match = re.search(r":(\d+)\.(\d+)\.\d+-cuda(\d+)\.(\d+)", base)
+    assert match, f"cannot read torch/CUDA versions from the base image tag {base}"
+    torch_major, torch_minor, cuda_major, cuda_minor = map(int, match.groups())
+    return (torch_major, torch_minor), (cuda_major, cuda_minor)
+
+
+def test_base_image_torch_and_cuda_fit_the_kernels_and_the_code() -> None:
+    from worker.attention.specs import KERNELS
+
+    (torch_v, cuda_v) = base_image_versions()
+    minimum = re.search(r'"torch>=(\d+)\.(\d+)"', (REPO / "pyproject.toml").read_text())
+    assert minimum and torch_v >= (int(minimum[1]), int(minimum[2])), "base image torch older than the code needs"
+    # kernels-community publishes FA2/FA3 builds for CUDA 12.x and 13.x only.
+    assert cuda_v[0] in (12, 13), f"no kernels-community builds for CUDA {cuda_v}"
+    baked = re.search(r"ARG ATTENTION_KERNELS=([\w,]*)", (REPO / "Dockerfile").read_text())
+    assert baked and set(filter(None, baked[1].split(","))) <= set(KERNELS)
+
+
+def test_image_fetches_the_configs_single_files_need() -> None:
+    from worker.models.bake import CONFIG_REPOS
+
+    configs = re.search(r"ARG MODEL_CONFIGS=([\w,]*)", (REPO / "Dockerfile").read_text())
+    assert configs and set(configs[1].split(",")) == set(CONFIG_REPOS)
+
+
+def test_every_environment_variable_is_documented_and_every_documented_one_is_read() -> None:
+    from worker.envdoc import BEGIN, END, documented_names, read_names, render
+
+    assert read_names() == documented_names()
+    guide = (REPO / "docs" / "deployment.md").read_text()
+    assert f"{BEGIN}\n{render()}\n{END}" in guide, "run: python -m worker.envdoc --write docs/deployment.md"
