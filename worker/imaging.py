@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import json
+import struct
+import zlib
 from typing import Any
 
 import numpy as np
@@ -15,6 +17,11 @@ import torch
 from PIL import Image, ImageOps, ImageSequence, PngImagePlugin, UnidentifiedImageError
 
 from worker.errors import UserError
+
+try:  # fast lossless PNG writer; optional so an exotic platform without its wheel still works
+    import fpng as _fpng
+except ImportError:
+    _fpng = None
 
 # Pillow's own decompression-bomb guard is replaced by the worker's pixel limit, checked before decoding.
 Image.MAX_IMAGE_PIXELS = None
@@ -70,15 +77,40 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
 
 
 def encode_png(pixels: np.ndarray, text: dict[str, Any] | None = None, compress_level: int = 4) -> bytes:
-    """PNG bytes; `text` entries become tEXt chunks (ComfyUI stores 'prompt' and 'workflow' there)."""
+    """Lossless PNG; `text` entries become text chunks (ComfyUI stores 'prompt' and 'workflow' there).
+
+    fpng encodes a 1024x1024 RGB image in a few ms where Pillow's zlib takes ~150 ms (files ~10 % larger);
+    Pillow remains the fallback for what fpng does not take (other dtypes or channel counts)."""
+    texts = {key: value if isinstance(value, str) else json.dumps(value) for key, value in (text or {}).items()}
+    if _fpng is not None and pixels.dtype == np.uint8 and pixels.ndim == 3 and pixels.shape[2] in (3, 4):
+        return add_png_text(_fpng.from_ndarray(np.ascontiguousarray(pixels)), texts)
     info = None
-    if text:
+    if texts:
         info = PngImagePlugin.PngInfo()
-        for key, value in text.items():
-            info.add_text(key, value if isinstance(value, str) else json.dumps(value))
+        for key, value in texts.items():
+            info.add_text(key, value)
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG", pnginfo=info, compress_level=compress_level)
     return buffer.getvalue()
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def add_png_text(png: bytes, text: dict[str, str]) -> bytes:
+    """Insert text chunks before IEND: tEXt when the value is Latin-1 (as Pillow writes it), else iTXt
+    (UTF-8), so prompts in any language survive."""
+    if not text:
+        return png
+    end = png.rindex(b"IEND") - 4  # the IEND chunk starts with its 4-byte length
+    chunks = []
+    for key, value in text.items():
+        try:
+            chunks.append(_chunk(b"tEXt", key.encode("latin-1") + b"\0" + value.encode("latin-1")))
+        except UnicodeEncodeError:
+            chunks.append(_chunk(b"iTXt", key.encode("latin-1") + b"\0\0\0\0\0" + value.encode("utf-8")))
+    return png[:end] + b"".join(chunks) + png[end:]
 
 
 # Output formats: file extension and MIME type.
