@@ -65,7 +65,7 @@ def test_loaded_weights_are_the_files(store: ModelStore) -> None:
 
 
 @pytest.mark.parametrize(("name", "message"), [
-    ("broken.safetensors", "cannot read broken.safetensors as a safetensors file"),
+    ("broken.safetensors", "cannot read broken.safetensors"),
     ("unknown.safetensors", "architecture not recognized"),
     ("missing.pth", "upscale_models 'missing.pth' not found"),
 ])

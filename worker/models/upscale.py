@@ -75,23 +75,11 @@ def spandrel() -> types.ModuleType:
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Weights from .safetensors/.sft, or from a pickled checkpoint with tensors only (weights_only: no
-    code from the file runs), unwrapped from the containers training tools save them in."""
-    if path.suffix.lower() in (".safetensors", ".sft"):
-        from safetensors.torch import load_file
+    """The file's tensors (safetensors, or a weights-only pickle), unwrapped from the containers training
+    tools save them in (params_ema, ...)."""
+    from worker.models.single_file import read_state_dict as read_tensors
 
-        try:
-            state = load_file(str(path), device="cpu")
-        except Exception as exc:
-            raise UserError(f"cannot read {path.name} as a safetensors file: {exc}") from exc
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise UserError(f"cannot read {path.name} as a weights-only PyTorch file: {exc}") from exc
-    if not isinstance(state, dict):
-        raise UserError(f"{path.name} does not hold a state dict")
-    return spandrel().canonicalize_state_dict(state)
+    return spandrel().canonicalize_state_dict(read_tensors(path))
 
 
 def load_upscale_model(path: Path, name: str, device: torch.device) -> Any:
@@ -103,5 +91,7 @@ def load_upscale_model(path: Path, name: str, device: torch.device) -> Any:
     except module.UnsupportedModelError as exc:
         raise UserError(f"upscale model {name!r}: architecture not recognized ({exc})") from exc
     if not isinstance(model, module.ImageModelDescriptor):
-        raise UserError(f"upscale model {name!r} is a {model.purpose} model; an upscale model must be a single-image model")
+        raise UserError(
+            f"upscale model {name!r} is a {model.purpose} model; an upscale model must be a single-image model"
+        )
     return model.to(device).eval()
