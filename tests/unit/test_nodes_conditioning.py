@@ -39,9 +39,12 @@ class ConstantModel:
 
     def __init__(self) -> None:
         self.calls: list[tuple[int, ...]] = []
+        self.latent_sizes: list[tuple[int, int] | None] = []
 
-    def __call__(self, x: torch.Tensor, sigma: float, context: torch.Tensor, pooled: torch.Tensor | None = None):
+    def __call__(self, x: torch.Tensor, sigma: float, context: torch.Tensor, pooled: torch.Tensor | None = None,
+                 latent_size: tuple[int, int] | None = None):
         self.calls.append(tuple(x.shape))
+        self.latent_sizes.append(latent_size)
         return torch.zeros_like(x) + context[:, 0, 0].reshape(-1, 1, 1, 1)
 
 
@@ -92,6 +95,8 @@ def test_area_entry_counts_only_inside_its_area_with_feathered_edges() -> None:
         w = (t + 1) / 8
         assert torch.allclose(out[..., 8 + t], torch.full((1, 4, 8), (1.0 + 3.0 * w) / (1.0 + w)))
     assert sorted(model.calls) == [(1, 4, 8, 8), (1, 4, 8, 16)]  # the area entry runs on its crop only
+    # SDXL's size conditioning: a crop is still told the whole latent's size, as ComfyUI does.
+    assert model.latent_sizes == [(8, 16), (8, 16)]
 
 
 def test_area_edges_at_the_image_border_are_not_feathered() -> None:
