@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,31 @@ def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str,
     if raw not in allowed:
         raise ConfigError(f"{name}={raw!r}; expected one of {', '.join(allowed)}")
     return raw
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def _memory_budget(env: Mapping[str, str], name: str) -> str | int | float:
+    """'auto', 'off', a size in bytes (int; '20GB', '20GiB', '21474836480') or a fraction of the device's
+    memory (float in (0, 1], '0.8')."""
+    raw = (_lookup(env, name) or "auto").lower().replace(" ", "")
+    if raw in ("auto", "off", "none"):
+        return "off" if raw == "none" else raw
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([a-z]*)", raw)
+    unit = match[2] if match else ""
+    if match is None or unit not in _SIZE_UNITS:
+        raise ConfigError(f"{name}={raw!r}; expected auto, off, a size like 20GB / 20GiB, or a fraction like 0.8")
+    number = float(match[1])
+    if not match[2] and "." in match[1]:
+        if not 0 < number <= 1:
+            raise ConfigError(f"{name}={raw!r}: a fraction of the device's memory must be in (0, 1]")
+        return number
+    size = int(number * _SIZE_UNITS[unit])
+    if size < 1:
+        raise ConfigError(f"{name}={raw!r} must be above 0 (use off for no limit)")
+    return size
 
 
 # SigV4 presigned URLs are valid for at most 7 days.
@@ -263,6 +289,10 @@ class Settings:
     attention_backend: str = "auto"
     attention_autotune: bool = False
     attention_kernels_dir: Path = REPO_ROOT / ".cache" / "kernels"
+    # Device memory resident checkpoints may fill (worker/models/budget.py): "auto", "off", bytes, or a fraction.
+    model_memory_budget: str | int | float = "auto"
+    # Folders of ComfyUI custom nodes (worker/custom_nodes.py), loaded at start-up in this order.
+    custom_nodes_dirs: tuple[Path, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -313,6 +343,10 @@ class Settings:
             attention_backend=_choice(env, "ATTENTION_BACKEND", "auto", ATTENTION_CHOICES),
             attention_autotune=_bool(env, "ATTENTION_AUTOTUNE", False),
             attention_kernels_dir=Path(_lookup(env, "ATTENTION_KERNELS_DIR") or cache_dir / "kernels").expanduser(),
+            model_memory_budget=_memory_budget(env, "MODEL_MEMORY_BUDGET"),
+            custom_nodes_dirs=tuple(dict.fromkeys([
+                *_paths(env, "CUSTOM_NODES_DIRS"), REPO_ROOT / "custom_nodes", Path("/runpod-volume/custom_nodes"),
+            ])),
             runpod_log_level=_choice(
                 env, "RUNPOD_LOG_LEVEL", "INFO", ("notset", "trace", "debug", "info", "warn", "error")
             ).upper(),

@@ -100,7 +100,8 @@ def run_job(
         )
         with runtime.job_lock:
             timer.lap("queue")
-            with torch.inference_mode():
+            # Checkpoints the job is handed stay resident until it ends (ModelStore.job).
+            with torch.inference_mode(), runtime.models.job():
                 report = execute(plan, ctx)
         timer.lap("execute")
         delivery = deliver(ctx.saved, plan.workflow, runtime.settings, request.output, job_id)

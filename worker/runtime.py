@@ -6,15 +6,19 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 import torch
 
 from worker.attention.manager import AttentionManager
 from worker.config import ConfigError, Settings
+from worker.models.budget import resolve_budget
 from worker.models.store import ModelStore
 from worker.models.tiny import TINY_NAME
+
+if TYPE_CHECKING:
+    from worker.custom_nodes import CustomNodes
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +75,9 @@ class Runtime:
     job_lock: threading.Lock = field(default_factory=threading.Lock)
     # The attention backend chosen at start-up and installed into every loaded model (worker/attention/).
     attention: AttentionManager | None = None
+    # ComfyUI custom nodes loaded at start-up (worker/custom_nodes.py); None when none were looked for.
+    custom_nodes: CustomNodes | None = None
+    memory_budget_note: str = ""  # how MODEL_MEMORY_BUDGET was resolved, for /health
 
     def health(self) -> dict[str, Any]:
         return {
@@ -78,9 +85,12 @@ class Runtime:
             "gpu": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None,
             "dtype": str(self.dtype).removeprefix("torch."),
             "resident_checkpoints": self.models.resident(),
+            "checkpoint_memory": {**self.models.memory(), "budget_setting": self.memory_budget_note},
             "storage": self.settings.storage.describe(),
             "boot_seconds": {k: round(v, 3) for k, v in self.boot_seconds.items()},
             "attention": self.attention.health() if self.attention is not None else None,
+            "custom_nodes": (self.custom_nodes.health() if self.custom_nodes is not None
+                             else {"dirs": [], "loaded": {}, "failed": {}}),
         }
 
 
@@ -120,6 +130,7 @@ def boot(settings: Settings | None = None) -> Runtime:
     device = pick_device(settings.device, torch.cuda.is_available())
     dtype = pick_dtype(settings.dtype, device)
     attention = AttentionManager.from_settings(settings, device, dtype)
+    memory_budget, budget_note = resolve_budget(settings.model_memory_budget, device)
     store = ModelStore(
         roots=list(settings.model_roots),
         cache_dir=settings.cache_dir,
@@ -127,8 +138,16 @@ def boot(settings: Settings | None = None) -> Runtime:
         dtype=dtype,
         max_resident=settings.max_resident_checkpoints,
         on_load=attention.on_load,  # the first model chooses the backend (on its shapes); each gets it installed
+        memory_budget=memory_budget,
     )
-    runtime = Runtime(settings=settings, device=device, dtype=dtype, models=store, attention=attention)
+    runtime = Runtime(settings=settings, device=device, dtype=dtype, models=store, attention=attention,
+                      memory_budget_note=budget_note)
+    if any(folder.is_dir() for folder in settings.custom_nodes_dirs):
+        from worker.custom_nodes import load_custom_nodes  # imports the engine and the built-in nodes
+
+        custom_started = time.perf_counter()
+        runtime.custom_nodes = load_custom_nodes(settings.custom_nodes_dirs)
+        runtime.boot_seconds["custom_nodes"] = time.perf_counter() - custom_started
     loading = time.perf_counter()
     for name in preload_names(settings, store.list("checkpoints")):
         store.checkpoint(name)

@@ -36,12 +36,13 @@ def object_info(
         optional = {n: _spec(s, choices, limits) for n, s in definition.inputs.items() if s.optional}
         info[class_type] = {
             "name": class_type,
-            "display_name": class_type,
+            "display_name": definition.display_name or class_type,
             "description": definition.description,
+            **({"category": definition.category} if definition.category else {}),
             "input": {"required": required, **({"optional": optional} if optional else {})},
             "input_order": {"required": list(required), **({"optional": list(optional)} if optional else {})},
             "output": list(definition.outputs),
-            "output_name": list(definition.outputs),
+            "output_name": list(definition.output_names or definition.outputs),
             "output_node": definition.output_node,
             "returned": definition.output_node and not definition.temp_output,
         }

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
+ANY_TYPE = "*"  # ComfyUI's wildcard socket (custom nodes): links to or from any type
 _MISSING = object()
 
 
@@ -54,6 +55,11 @@ class NodeDef:
     # An output ComfyUI shows but does not keep (PreviewImage): never returned, so never worth running.
     temp_output: bool = False
     description: str = ""
+    # Shown by /object_info; default to class_type and the output types (custom nodes set their own).
+    display_name: str = ""
+    output_names: tuple[str, ...] = ()
+    category: str = ""
+    source: str = ""  # where a custom node came from ("custom_nodes/<package>"); "" for built-in nodes
 
 
 _REGISTRY: dict[str, NodeDef] = {}
@@ -85,6 +91,21 @@ def node(
         return fn
 
     return register
+
+
+def register(definition: NodeDef) -> None:
+    """Add a node defined at run time (custom nodes); refuses a name that is already taken."""
+    registry()  # the built-in nodes first, so a clash with one of them is always seen
+    if definition.class_type in _REGISTRY:
+        raise ValueError(f"node {definition.class_type} registered twice")
+    _REGISTRY[definition.class_type] = definition
+
+
+def unregister(class_type: str) -> None:
+    """Remove a node added with register() (tests, unloading custom nodes); built-in nodes stay."""
+    definition = _REGISTRY.get(class_type)
+    if definition is not None and definition.source:
+        del _REGISTRY[class_type]
 
 
 def registry() -> dict[str, NodeDef]:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from worker.engine.graph import Link, Plan, PlannedNode
-from worker.engine.registry import WIDGET_TYPES, Input, NodeDef
+from worker.engine.registry import ANY_TYPE, WIDGET_TYPES, Input, NodeDef
 from worker.errors import UserError
 from worker.names import relative_name_problem
 
@@ -172,6 +172,8 @@ class _Validator:
             return value
         if kind == "COMBO":
             return self.check_choice(where, spec, value)
+        if kind == ANY_TYPE:
+            return value
         self.fail(f"{where}: expects a link from a node that outputs {kind}, got the value {value!r}")
         return None
 
@@ -204,7 +206,7 @@ class _Validator:
             return value
         options = spec.choices or ()
         if value not in options:
-            self.fail(f"{where}: {value!r} is not one of {', '.join(options)}")
+            self.fail(f"{where}: {value!r} is not one of {', '.join(str(o) for o in options)}")
             return None
         return value
 
@@ -224,7 +226,11 @@ class _Validator:
             )
             return False
         produced = source.outputs[link.index]
-        if produced != spec.type and not (spec.type == "COMBO" and produced in ("COMBO", "STRING")):
+        if (
+            produced != spec.type
+            and ANY_TYPE not in (produced, spec.type)
+            and not (spec.type == "COMBO" and produced in ("COMBO", "STRING"))
+        ):
             self.fail(
                 f"{where}: expects {spec.type}, but output {link.index} of node {link.node_id} "
                 f"({source.class_type}) is {produced}"
