@@ -42,11 +42,12 @@ RUN if [ -n "$ATTENTION_KERNELS" ]; then \
 COPY worker/ worker/
 COPY handler.py test_input.json ./
 
-# Architecture configs + tokenizers (no weights) that single-file SD1.5 / SDXL checkpoints need, and optional
+# Architecture configs + tokenizers (no weights) that single-file SD1.5 / SDXL checkpoints and Flux's split files
+# (UNETLoader, DualCLIPLoader: FLUX.1-schnell's configs serve dev files too) need, and optional
 # model files: --build-arg MODELS="checkpoints/x.safetensors=hf://owner/repo/x.safetensors ..." bakes them
 # (leave it empty for network-volume setups). A gated repo's token comes from a BuildKit secret
 # (docker build --secret id=hf_token,src=token.txt), mounted only for this step: never in a layer.
-ARG MODEL_CONFIGS=sd15,sdxl
+ARG MODEL_CONFIGS=sd15,sdxl,flux-schnell
 ARG MODELS=
 RUN --mount=type=secret,id=hf_token \
     HF_HUB_OFFLINE=0 python -m worker.models.bake /opt/worker/models --configs "$MODEL_CONFIGS" \

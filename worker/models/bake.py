@@ -1,6 +1,6 @@
 """Image-build step: fetch architecture configs and, optionally, model files into the image's models folder.
 
-    python -m worker.models.bake /opt/worker/models --configs sd15,sdxl \
+    python -m worker.models.bake /opt/worker/models --configs sd15,sdxl,flux-schnell \
         --models "checkpoints/sd_xl_base_1.0.safetensors=hf://stabilityai/stable-diffusion-xl-base-1.0/sd_xl_base_1.0.safetensors" \
         --token-file /run/secrets/hf_token
 
@@ -26,10 +26,15 @@ from worker.names import relative_name_problem
 CONFIG_REPOS = {
     "sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
     "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
+    # FLUX.1-dev is gated; schnell's configs describe the same architecture (UNETLoader takes the guidance
+    # embedding from the file), so both names fetch schnell's.
+    "flux-dev": "black-forest-labs/FLUX.1-schnell",
+    "flux-schnell": "black-forest-labs/FLUX.1-schnell",
 }
 CONFIG_PATTERNS = [
     "model_index.json",
     "unet/config.json",
+    "transformer/config.json",
     "vae/config.json",
     "text_encoder/config.json",
     "text_encoder_2/config.json",

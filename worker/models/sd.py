@@ -29,6 +29,8 @@ class Cond:
     strength: float = 1.0
     # ConditioningSetArea: (height, width, y, x) in latent pixels, as ComfyUI's "area"; None: the whole image.
     area: tuple[int, int, int, int] | None = None
+    # FluxGuidance: the distilled guidance a Flux dev model is conditioned on; None: the model's default.
+    guidance: float | None = None
 
 
 @dataclass

@@ -6,13 +6,15 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from worker.errors import UserError
+from worker.models.budget import file_bytes, human, resident_bytes
 from worker.models.lora import LoraFile
 from worker.models.sd import Checkpoint, Vae, load_diffusers_folder, load_single_file, vae_dtype_for
 from worker.models.tiny import TINY_NAME, ensure_tiny_checkpoint
@@ -25,6 +27,8 @@ FOLDERS: dict[str, tuple[str, ...]] = {
     "checkpoints": ("checkpoints",),
     "loras": ("loras",),
     "vae": ("vae",),
+    "unet": ("unet", "diffusion_models"),  # UNETLoader: Flux transformers
+    "clip": ("clip", "text_encoders"),  # DualCLIPLoader, CLIPLoader
     "upscale_models": ("upscale_models",),
     # Architecture configs + tokenizers (diffusers folders without weights) for single-file checkpoints.
     "configs": ("configs",),
@@ -43,17 +47,25 @@ def is_model_folder(path: Path) -> bool:
 
 class ModelStore:
     def __init__(self, roots: list[Path], cache_dir: Path, device: torch.device, dtype: torch.dtype,
-                 max_resident: int = 2, on_load: Callable[[Checkpoint], None] | None = None):
+                 max_resident: int = 2, on_load: Callable[[Checkpoint], None] | None = None,
+                 memory_budget: int | None = None):
         self.roots = list(roots)
         self.on_load = on_load  # e.g. installs the chosen attention kernel into each freshly loaded model
         self.cache_dir = cache_dir
         self.device = device
         self.dtype = dtype
         self.max_resident = max_resident
+        # Bytes the resident checkpoints may take on the device (MODEL_MEMORY_BUDGET); None: count limit only.
+        self.memory_budget = memory_budget
         self._resident: OrderedDict[str, Checkpoint] = OrderedDict()
+        self._sizes: dict[str, int] = {}  # measured bytes per checkpoint, kept after eviction as the next estimate
+        self._pinned: set[str] = set()  # handed out during the running job: never evicted before it ends
+        self._in_job = False
         self._loras: OrderedDict[str, LoraFile] = OrderedDict()
         self._vaes: OrderedDict[str, Vae] = OrderedDict()
         self._upscale_models: OrderedDict[str, Any] = OrderedDict()
+        self._unets: OrderedDict[tuple[str, str], Any] = OrderedDict()  # (name, weight_dtype) -> FluxDenoiser
+        self._clips: OrderedDict[tuple[str, ...], Any] = OrderedDict()  # (type, *names) -> text encoder(s)
         self._lock = threading.RLock()
         self.load_count = 0  # how many times a checkpoint was read from disk (resident hits do not count)
         self.load_seconds: dict[str, float] = {}
@@ -90,8 +102,11 @@ class ModelStore:
         with self._lock:
             if name in self._resident:
                 self._resident.move_to_end(name)
+                self._pin(name)
                 return self._resident[name]
             path = self.resolve("checkpoints", name)
+            # Make room first (the file's size, or the size measured when it was last resident).
+            self._make_room(self._sizes.get(name) or file_bytes(path), incoming=1, keep=None)
             started = time.perf_counter()
             if path.is_dir():
                 loaded = load_diffusers_folder(path, name, self.device, self.dtype)
@@ -102,13 +117,70 @@ class ModelStore:
             self.load_count += 1
             self.load_seconds[name] = time.perf_counter() - started
             log.info("loaded checkpoint %s in %.2fs on %s", name, self.load_seconds[name], self.device)
+            self._sizes[name] = resident_bytes(loaded.model, loaded.clip, loaded.vae)
+            if self.memory_budget is not None and self._sizes[name] > self.memory_budget:
+                log.warning("checkpoint %s takes %s, more than MODEL_MEMORY_BUDGET=%s on its own", name,
+                            human(self._sizes[name]), human(self.memory_budget))
             self._resident[name] = loaded
-            while len(self._resident) > self.max_resident:
-                evicted, _ = self._resident.popitem(last=False)
-                log.info("evicted checkpoint %s (MAX_RESIDENT_CHECKPOINTS=%d)", evicted, self.max_resident)
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
+            self._pin(name)
+            self._make_room(0, incoming=0, keep=name)  # the measured size may exceed the estimate
             return loaded
+
+    def _pin(self, name: str) -> None:
+        if self._in_job:
+            self._pinned.add(name)
+
+    def resident_bytes(self) -> int:
+        with self._lock:
+            return sum(self._sizes.get(name, 0) for name in self._resident)
+
+    def _make_room(self, incoming_bytes: int, incoming: int, keep: str | None) -> None:
+        """Evict least recently used checkpoints until `incoming` more (of `incoming_bytes`) fit both the
+        count cap and the byte budget. Checkpoints pinned by the running job and `keep` stay."""
+        while True:
+            over_count = len(self._resident) + incoming > self.max_resident
+            total = self.resident_bytes() + incoming_bytes
+            over_bytes = self.memory_budget is not None and total > self.memory_budget and bool(self._resident)
+            if not (over_count or over_bytes):
+                return
+            victim = next((n for n in self._resident if n not in self._pinned and n != keep), None)
+            why = (f"MAX_RESIDENT_CHECKPOINTS={self.max_resident}" if over_count else
+                   f"MODEL_MEMORY_BUDGET={human(self.memory_budget)}, {human(total)} wanted")
+            if victim is None:
+                if self._resident.keys() - {keep}:
+                    log.warning("checkpoints over %s, but the running job uses every resident one: %s", why,
+                                ", ".join(self._resident))
+                return
+            del self._resident[victim]
+            log.info("evicted checkpoint %s (%s, least recently used; %s)", victim,
+                     human(self._sizes.get(victim, 0)), why)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    @contextmanager
+    def job(self) -> Iterator[None]:
+        """Scope of one job: checkpoints it was handed stay resident until it ends (the job still holds
+        them, so evicting one would free nothing and reload it later); then the limits apply again."""
+        with self._lock:
+            self._in_job, self._pinned = True, set()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_job, self._pinned = False, set()
+                self._make_room(0, incoming=0, keep=None)
+
+    def memory(self) -> dict[str, Any]:
+        """Resident checkpoints (least recently used first) with their sizes, and the budget, for /health."""
+        with self._lock:
+            return {
+                "budget_bytes": self.memory_budget,
+                "budget": human(self.memory_budget) or "none",
+                "max_resident": self.max_resident,
+                "resident_bytes": self.resident_bytes(),
+                "resident": [{"name": name, "bytes": self._sizes.get(name, 0), "size": human(self._sizes.get(name, 0))}
+                             for name in self._resident],
+            }
 
     def vae(self, name: str) -> Vae:
         """A standalone VAE from models/vae (VAELoader), kept resident (a few, least recently used out)."""
@@ -158,6 +230,42 @@ class ModelStore:
             self._upscale_models[name] = loaded
             while len(self._upscale_models) > MAX_RESIDENT_UPSCALE_MODELS:
                 self._upscale_models.popitem(last=False)
+            return loaded
+
+    def unet(self, name: str, weight_dtype: str = "default") -> Any:
+        """A Flux transformer from models/unet or models/diffusion_models (UNETLoader), kept resident (at most
+        MAX_RESIDENT_CHECKPOINTS of them, least recently used out)."""
+        from worker.models.flux import load_unet
+
+        key = (name, weight_dtype)
+        with self._lock:
+            if key in self._unets:
+                self._unets.move_to_end(key)
+                return self._unets[key]
+            started = time.perf_counter()
+            loaded = load_unet(self.resolve("unet", name), name, self.config_dirs(), self.device, self.dtype,
+                               weight_dtype)
+            log.info("loaded diffusion model %s (%s, weights %s) in %.2fs", name, loaded.family, weight_dtype,
+                     time.perf_counter() - started)
+            self._unets[key] = loaded
+            while len(self._unets) > self.max_resident:
+                self._unets.popitem(last=False)
+            return loaded
+
+    def clip(self, names: tuple[str, ...], clip_type: str) -> Any:
+        """Text encoders from models/clip or models/text_encoders (DualCLIPLoader, CLIPLoader), kept resident."""
+        from worker.models.flux import load_clip
+
+        key = (clip_type, *names)
+        with self._lock:
+            if key in self._clips:
+                self._clips.move_to_end(key)
+                return self._clips[key]
+            files = [(name, self.resolve("clip", name)) for name in names]
+            loaded = load_clip(files, clip_type, self.config_dirs(), self.device, self.dtype)
+            self._clips[key] = loaded
+            while len(self._clips) > self.max_resident:
+                self._clips.popitem(last=False)
             return loaded
 
     def config_dirs(self) -> list[Path]:

@@ -7,6 +7,8 @@ import logging
 from typing import Any
 
 from worker.engine import ExecutionContext, Input, node
+from worker.errors import UserError
+from worker.models.flux import FluxTextEncoder
 from worker.models.sd import Cond, TextEncoder
 
 log = logging.getLogger(__name__)
@@ -81,3 +83,32 @@ def conditioning_set_area(
     weight: the sampler runs it on that part only and blends it in with feathered edges."""
     area = (height // 8, width // 8, y // 8, x // 8)
     return ([dataclasses.replace(c, area=area, strength=strength) for c in conditioning],)
+
+
+@node(
+    "FluxGuidance",
+    inputs={"conditioning": Input("CONDITIONING"), "guidance": Input("FLOAT", default=3.5, min=0.0, max=100.0)},
+    outputs=("CONDITIONING",),
+)
+def flux_guidance(ctx: ExecutionContext, conditioning: list[Cond], guidance: float) -> tuple[list[Cond]]:
+    """Set the distilled guidance a Flux dev model is conditioned on (ComfyUI's default 3.5; schnell ignores it)."""
+    return ([dataclasses.replace(c, guidance=guidance) for c in conditioning],)
+
+
+@node(
+    "CLIPTextEncodeFlux",
+    inputs={
+        "clip": Input("CLIP"),
+        "clip_l": Input("STRING", multiline=True),
+        "t5xxl": Input("STRING", multiline=True),
+        "guidance": Input("FLOAT", default=3.5, min=0.0, max=100.0),
+    },
+    outputs=("CONDITIONING",),
+)
+def clip_text_encode_flux(
+    ctx: ExecutionContext, clip: Any, clip_l: str, t5xxl: str, guidance: float
+) -> tuple[list[Cond]]:
+    """Encode separate prompts for Flux's CLIP-L (pooled vector) and T5-XXL (text tokens), with a guidance."""
+    if not isinstance(clip, FluxTextEncoder):
+        raise UserError("CLIPTextEncodeFlux needs a Flux CLIP (DualCLIPLoader type 'flux')")
+    return ([dataclasses.replace(clip.encode_pair(clip_l, t5xxl), guidance=guidance)],)

@@ -9,11 +9,22 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
+from worker.errors import UserError
+from worker.models.flux import FluxDenoiser
 from worker.models.sd import Cond, Denoiser
-from worker.sampling.samplers import SAMPLERS
+from worker.sampling.samplers import SAMPLERS, euler_ancestral_rf
 from worker.sampling.schedule import sigmas_for, step_window
 
 SAMPLER_NAMES = tuple(SAMPLERS)
+# Samplers whose ComfyUI versions switch to rectified-flow formulas for flow (CONST) models, or add noise the
+# VE way: their sigma-space versions here would not give ComfyUI's images on Flux. The deterministic ones
+# (euler, heun, dpm_2, lms, dpmpp_2m, ddim, uni_pc) are the same for both model types; FLOW_SAMPLERS are the
+# rectified-flow versions ComfyUI switches to.
+FLOW_SAMPLERS = {"euler_ancestral": euler_ancestral_rf}
+FLOW_UNSUPPORTED_SAMPLERS = frozenset({
+    "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m_sde",
+    "dpmpp_2m_sde_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "lcm",
+})
 
 
 def initial_noise(shape: torch.Size | tuple[int, ...], seed: int) -> torch.Tensor:
@@ -101,6 +112,7 @@ class _Run:
     entries: list[tuple[int, tuple[int, int, int, int], float | torch.Tensor]]  # (side, region, weight)
     context: torch.Tensor
     pooled: torch.Tensor | None
+    guidance: torch.Tensor | None = None  # Flux: one guidance value per row (FluxGuidance)
 
 
 def guided_denoiser(
@@ -135,11 +147,17 @@ def guided_denoiser(
             pooled = None
             if all(c.pooled is not None for _, c, _ in members):
                 pooled = torch.cat([c.pooled.to(model.device).expand(batch, -1) for _, c, _ in members])
+            # Flux's guidance embedding: each entry's FluxGuidance value, else the model's default (3.5).
+            guidance = None
+            default_guidance = getattr(model, "default_guidance", None)
+            if default_guidance is not None:
+                values = [default_guidance if c.guidance is None else c.guidance for _, c, _ in members]
+                guidance = torch.tensor(values, device=model.device).repeat_interleave(batch)
             entries = []
             for side, cond, region in members:
                 weight = _weight(cond, region, height, width)
                 entries.append((side, region, weight if isinstance(weight, float) else weight.to(model.device)))
-            runs.append(_Run(entries, context, pooled))
+            runs.append(_Run(entries, context, pooled, guidance))
         return runs
 
     def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -150,7 +168,8 @@ def guided_denoiser(
         counts = [torch.full_like(x, TINY_COUNT) for _ in sides]
         for run in planned[size]:
             crops = [x[:, :, y:y + h, x0:x0 + w] for _, (h, w, y, x0), _ in run.entries]
-            out = model(torch.cat(crops), sigma, run.context, run.pooled, latent_size=size)
+            extra = {} if run.guidance is None else {"guidance": run.guidance}
+            out = model(torch.cat(crops), sigma, run.context, run.pooled, latent_size=size, **extra)
             for (side, (h, w, y, x0), weight), pred in zip(run.entries, out.split(batch), strict=True):
                 totals[side][:, :, y:y + h, x0:x0 + w] += pred * weight
                 counts[side][:, :, y:y + h, x0:x0 + w] += weight
@@ -175,14 +194,16 @@ def prepare_noise_mask(mask: torch.Tensor, shape: torch.Size | tuple[int, ...]) 
 
 def inpainting_denoiser(
     denoiser: Callable[[torch.Tensor, float], torch.Tensor], mask: torch.Tensor, latent: torch.Tensor,
-    noise: torch.Tensor,
+    noise: torch.Tensor, noise_scaling: Callable[[float, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> Callable[[torch.Tensor, float], torch.Tensor]:
     """ComfyUI's KSamplerX0Inpaint: where `mask` is 0 the model sees the original latent noised to the
-    current sigma and its prediction is replaced by the original latent, so only the masked area changes."""
+    current sigma and its prediction is replaced by the original latent, so only the masked area changes.
+    `noise_scaling(sigma, noise, latent)` is the model's (flow models mix instead of adding)."""
     keep = 1.0 - mask
 
     def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
-        x = x * mask + (latent + noise * sigma) * keep
+        noised = latent + noise * sigma if noise_scaling is None else noise_scaling(sigma, noise, latent)
+        x = x * mask + noised * keep
         return denoiser(x, sigma) * mask + latent * keep
 
     return denoise
@@ -220,16 +241,28 @@ def ksample(
     sigma_list = [float(s) for s in sigmas]
     # add_noise off (KSamplerAdvanced): ComfyUI samples with all-zero noise; the seed still seeds the sampler.
     noise = (initial_noise(latent.shape, seed) if add_noise else torch.zeros(latent.shape)).to(model.device)
-    start = latent.to(model.device, torch.float32) * model.latent_scale
-    # From pure noise (sigma at the schedule's top) ComfyUI scales noise to unit variance of x_T.
-    full = sigma_list[0] >= model.schedule.sigma_max or math.isclose(
-        sigma_list[0], model.schedule.sigma_max, rel_tol=1e-5
-    )
-    x = start + noise * ((1.0 + sigma_list[0] ** 2) ** 0.5 if full else sigma_list[0])
+    flow = isinstance(model, FluxDenoiser)
+    if flow:  # rectified flow (ComfyUI's CONST): the latent format's shift and scale, noise mixed in
+        if sampler_name in FLOW_UNSUPPORTED_SAMPLERS:
+            usable = ", ".join(s for s in SAMPLER_NAMES if s not in FLOW_UNSUPPORTED_SAMPLERS)
+            raise UserError(f"sampler {sampler_name!r} is not supported for Flux models yet (ComfyUI uses a "
+                            f"rectified-flow variant of it); use one of {usable}")
+        start = model.process_in(latent.to(model.device, torch.float32))
+        x = model.noise_scaling(sigma_list[0], noise, start)
+    else:
+        start = latent.to(model.device, torch.float32) * model.latent_scale
+        # From pure noise (sigma at the schedule's top) ComfyUI scales noise to unit variance of x_T.
+        full = sigma_list[0] >= model.schedule.sigma_max or math.isclose(
+            sigma_list[0], model.schedule.sigma_max, rel_tol=1e-5
+        )
+        x = start + noise * ((1.0 + sigma_list[0] ** 2) ** 0.5 if full else sigma_list[0])
     denoiser = guided_denoiser(model, positive, negative, cfg, latent.shape[0])
     if noise_mask is not None:
         mask = prepare_noise_mask(noise_mask, x.shape).to(model.device)
-        denoiser = inpainting_denoiser(denoiser, mask, start, noise)
+        denoiser = inpainting_denoiser(denoiser, mask, start, noise, model.noise_scaling if flow else None)
+    sampler = FLOW_SAMPLERS.get(sampler_name, SAMPLERS[sampler_name]) if flow else SAMPLERS[sampler_name]
     with torch.inference_mode(), model.patched():  # LoRAs merged for this sampling only
-        x = SAMPLERS[sampler_name](denoiser, x, sigma_list, seed, on_step)
+        x = sampler(denoiser, x, sigma_list, seed, on_step)
+    if flow:
+        return model.process_out(model.inverse_noise_scaling(sigma_list[-1], x)).cpu()
     return (x / model.latent_scale).cpu()

@@ -83,6 +83,30 @@ def euler_ancestral(
     return x
 
 
+def euler_ancestral_rf(
+    model: Denoiser, x: torch.Tensor, sigmas: list[float], seed: int, on_step: StepCallback
+) -> torch.Tensor:
+    """ComfyUI's sample_euler_ancestral_RF, which its euler_ancestral runs for flow (CONST) models such as Flux:
+    an Euler step down to sigma_down, then the signal rescaled to the next sigma's and fresh noise added."""
+    steps = _steps(sigmas)
+    noise = StepNoise(x, seed)
+    eta = 1.0
+    for i in range(steps):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = model(x, sigma)
+        if sigma_next == 0:
+            x = denoised
+        else:
+            sigma_down = sigma_next * (1 + (sigma_next / sigma - 1) * eta)
+            alpha_next, alpha_down = 1 - sigma_next, 1 - sigma_down
+            renoise = (sigma_next**2 - sigma_down**2 * alpha_next**2 / alpha_down**2) ** 0.5
+            ratio = sigma_down / sigma
+            x = ratio * x + (1 - ratio) * denoised
+            x = (alpha_next / alpha_down) * x + noise(sigma, sigma_next) * renoise
+        on_step(i + 1, steps)
+    return x
+
+
 def lcm(model: Denoiser, x: torch.Tensor, sigmas: list[float], seed: int, on_step: StepCallback) -> torch.Tensor:
     """Latent consistency: jump to the denoised estimate, then re-noise it to the next sigma."""
     steps = _steps(sigmas)
