@@ -182,91 +182,64 @@ class ModelStore:
                              for name in self._resident],
             }
 
+    def _cached(self, cache: OrderedDict[Any, Any], key: Any, limit: int, load: Callable[[], Any]) -> Any:
+        """The LRU pattern every non-checkpoint model kind shares: hit, or load, keep, trim to `limit`."""
+        with self._lock:
+            if key in cache:
+                cache.move_to_end(key)
+                return cache[key]
+            started = time.perf_counter()
+            loaded = cache[key] = load()
+            log.info("loaded %s in %.2fs", key, time.perf_counter() - started)
+            while len(cache) > limit:
+                cache.popitem(last=False)
+            return loaded
+
     def vae(self, name: str) -> Vae:
         """A standalone VAE from models/vae (VAELoader), kept resident (a few, least recently used out)."""
-        with self._lock:
-            if name in self._vaes:
-                self._vaes.move_to_end(name)
-                return self._vaes[name]
-            from worker.models.single_file import load_vae_file
+        from worker.models.single_file import load_vae_file
 
+        def load() -> Vae:
             dtype = vae_dtype_for("any", self.dtype)
             module = load_vae_file(self.resolve("vae", name), self.config_dirs(), dtype)
             module.to(self.device).eval().requires_grad_(False)
-            loaded = Vae(model=module, device=self.device, dtype=dtype,
-                         scale=float(module.config.get("scaling_factor", 0.18215)),
-                         downscale=2 ** (len(module.config["block_out_channels"]) - 1))
-            self._vaes[name] = loaded
-            while len(self._vaes) > MAX_RESIDENT_VAES:
-                self._vaes.popitem(last=False)
-            return loaded
+            return Vae(model=module, device=self.device, dtype=dtype,
+                       scale=float(module.config.get("scaling_factor", 0.18215)),
+                       downscale=2 ** (len(module.config["block_out_channels"]) - 1))
+
+        return self._cached(self._vaes, name, MAX_RESIDENT_VAES, load)
 
     def lora(self, name: str) -> LoraFile:
         """A LoRA file's tensors (kept on the CPU, a few cached); applied to a model per use."""
-        with self._lock:
-            if name in self._loras:
-                self._loras.move_to_end(name)
-                return self._loras[name]
-            from worker.models.single_file import read_state_dict
+        from worker.models.single_file import read_state_dict
 
-            loaded = LoraFile.from_state_dict(name, read_state_dict(self.resolve("loras", name)))
-            self._loras[name] = loaded
-            while len(self._loras) > MAX_CACHED_LORAS:
-                self._loras.popitem(last=False)
-            return loaded
+        return self._cached(self._loras, name, MAX_CACHED_LORAS,
+                            lambda: LoraFile.from_state_dict(name, read_state_dict(self.resolve("loras", name))))
 
     def upscale_model(self, name: str) -> Any:
         """An upscale model from models/upscale_models (architecture detected by spandrel), kept resident."""
         from worker.models.upscale import load_upscale_model
 
-        with self._lock:
-            if name in self._upscale_models:
-                self._upscale_models.move_to_end(name)
-                return self._upscale_models[name]
-            started = time.perf_counter()
-            loaded = load_upscale_model(self.resolve("upscale_models", name), name, self.device)
-            log.info("loaded upscale model %s (%s, x%d) in %.2fs", name, loaded.architecture.name, loaded.scale,
-                     time.perf_counter() - started)
-            self._upscale_models[name] = loaded
-            while len(self._upscale_models) > MAX_RESIDENT_UPSCALE_MODELS:
-                self._upscale_models.popitem(last=False)
-            return loaded
+        return self._cached(self._upscale_models, name, MAX_RESIDENT_UPSCALE_MODELS,
+                            lambda: load_upscale_model(self.resolve("upscale_models", name), name, self.device))
 
     def unet(self, name: str, weight_dtype: str = "default") -> Any:
         """A Flux transformer from models/unet or models/diffusion_models (UNETLoader), kept resident (at most
         MAX_RESIDENT_CHECKPOINTS of them, least recently used out)."""
         from worker.models.flux import load_unet
 
-        key = (name, weight_dtype)
-        with self._lock:
-            if key in self._unets:
-                self._unets.move_to_end(key)
-                return self._unets[key]
-            started = time.perf_counter()
-            loaded = load_unet(self.resolve("unet", name), name, self.config_dirs(), self.device, self.dtype,
-                               weight_dtype)
-            log.info("loaded diffusion model %s (%s, weights %s) in %.2fs", name, loaded.family, weight_dtype,
-                     time.perf_counter() - started)
-            self._unets[key] = loaded
-            while len(self._unets) > self.max_resident:
-                self._unets.popitem(last=False)
-            return loaded
+        return self._cached(self._unets, (name, weight_dtype), self.max_resident, lambda: load_unet(
+            self.resolve("unet", name), name, self.config_dirs(), self.device, self.dtype, weight_dtype))
 
     def clip(self, names: tuple[str, ...], clip_type: str) -> Any:
         """Text encoders from models/clip or models/text_encoders (DualCLIPLoader, CLIPLoader), kept resident."""
         from worker.models.flux import load_clip
 
-        key = (clip_type, *names)
-        with self._lock:
-            if key in self._clips:
-                self._clips.move_to_end(key)
-                return self._clips[key]
+        def load() -> Any:
             files = [(name, self.resolve("clip", name)) for name in names]
-            loaded = load_clip(files, clip_type, self.config_dirs(), self.device, self.dtype)
-            self._clips[key] = loaded
-            while len(self._clips) > self.max_resident:
-                self._clips.popitem(last=False)
-            return loaded
+            return load_clip(files, clip_type, self.config_dirs(), self.device, self.dtype)
+
+        return self._cached(self._clips, (clip_type, *names), self.max_resident, load)
 
     def config_dirs(self) -> list[Path]:
         """Config folders (diffusers layout, weights optional) in every root's configs/, in search order."""
