@@ -7,6 +7,7 @@ ComfyUI semantics around them (sigma-space denoising, prompt weights, latent sca
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,6 +19,13 @@ from worker.errors import UserError
 from worker.models import lora
 from worker.models.prompt import chunk_words, parse_weights
 from worker.sampling.schedule import DiscreteSchedule
+
+
+@functools.lru_cache(maxsize=32)
+def _size_ids(height: int, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """SDXL's size conditioning, made once per size: a fresh tensor from a Python list every step would be a
+    blocking host-to-device copy inside the sampler loop."""
+    return torch.tensor([height, width, 0, 0, height, width], device=device, dtype=dtype)
 
 
 @dataclass(frozen=True)
@@ -77,7 +85,7 @@ class Denoiser:
             # an area crop of it), no crop.
             rows, cols = latent_size or (x.shape[2], x.shape[3])
             height, width = rows * self.vae_factor, cols * self.vae_factor
-            time_ids = torch.tensor([height, width, 0, 0, height, width], device=x.device, dtype=self.dtype)
+            time_ids = _size_ids(height, width, x.device, self.dtype)
             extra = {"text_embeds": pooled.to(self.dtype), "time_ids": time_ids.expand(x.shape[0], -1)}
         out = self.unet(
             (x * scale).to(self.dtype),
