@@ -209,3 +209,22 @@ def test_repeat_latent_batch_then_sample(runtime) -> None:
     assert len(result["images"]) == 3
     first, second = pixels(result, 0), pixels(result, 1)
     assert not np.array_equal(first, second)  # every latent of the batch gets its own noise
+
+
+def test_ddim_renoises_the_kept_area_with_its_own_noise(runtime) -> None:
+    """ComfyUI's ddim is euler except for inpainting: it re-noises the kept area with seed + 1 noise."""
+    checkpoint = runtime.models.checkpoint("tiny-sd")
+    positive = [checkpoint.clip.encode("a red cube")]
+    negative = [checkpoint.clip.encode("")]
+    latent = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros(1, 8, 8)
+    mask[:, :, 4:] = 1.0
+    common = {"seed": 5, "steps": 4, "cfg": 7.0, "scheduler": "normal", "positive": positive,
+              "negative": negative, "denoise": 0.7}
+    plain = {name: ksample(checkpoint.model, latent, sampler_name=name, **common) for name in ("euler", "ddim")}
+    masked = {name: ksample(checkpoint.model, latent, sampler_name=name, noise_mask=mask, **common)
+              for name in ("euler", "ddim")}
+    assert torch.equal(plain["euler"], plain["ddim"])  # the same sampler without a mask
+    assert not torch.equal(masked["euler"], masked["ddim"])
+    for out in masked.values():  # either way the kept half stays the original latent
+        torch.testing.assert_close(out[..., :4], latent[..., :4], atol=1e-5, rtol=0)

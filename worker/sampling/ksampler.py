@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from worker.errors import UserError
 from worker.models.flux import FluxDenoiser
 from worker.models.sd import Cond, Denoiser
-from worker.sampling.samplers import SAMPLERS, euler_ancestral_rf
+from worker.sampling.samplers import RANDOM_INPAINT_NOISE, SAMPLERS, euler_ancestral_rf
 from worker.sampling.schedule import sigmas_for, step_window
 
 SAMPLER_NAMES = tuple(SAMPLERS)
@@ -259,7 +259,11 @@ def ksample(
     denoiser = guided_denoiser(model, positive, negative, cfg, latent.shape[0])
     if noise_mask is not None:
         mask = prepare_noise_mask(noise_mask, x.shape).to(model.device)
-        denoiser = inpainting_denoiser(denoiser, mask, start, noise, model.noise_scaling if flow else None)
+        # ComfyUI's "ddim" re-noises the kept area with its own CPU noise from seed + 1; the others reuse
+        # the initial noise.
+        kept_noise = initial_noise(latent.shape, (seed + 1) % 2**64).to(model.device) \
+            if sampler_name in RANDOM_INPAINT_NOISE else noise
+        denoiser = inpainting_denoiser(denoiser, mask, start, kept_noise, model.noise_scaling if flow else None)
     sampler = FLOW_SAMPLERS.get(sampler_name, SAMPLERS[sampler_name]) if flow else SAMPLERS[sampler_name]
     with torch.inference_mode(), model.patched():  # LoRAs merged for this sampling only
         x = sampler(denoiser, x, sigma_list, seed, on_step)
