@@ -20,6 +20,7 @@ import torch
 from _common import backends, default_kernels_dir, describe, pick_device, time_ms
 
 from worker.attention.processor import KernelAttnProcessor, install, uninstall
+from worker.sampling.capture import UNetRunner
 
 SD15: dict[str, Any] = dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8)  # diffusers' defaults
 SDXL: dict[str, Any] = dict(
@@ -110,6 +111,7 @@ def main(argv: list[str] | None = None) -> None:
         except Exception as exc:
             rows.append((name, None, f"{type(exc).__name__}: {exc}".splitlines()[0][:70]))
     uninstall(unet)
+    capture_rows = capture_table(unet, kwargs, step, device, iters)
     fastest = min((ms for _, ms, _ in rows if ms is not None), default=None)
     print(f"{'backend':<15} {'ms/step':>10} {'vs fastest':>10} {'diff':>8}")
     for name, ms, note in rows:
@@ -117,6 +119,27 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name:<15} {'n/a':>10}  {note}")
         else:
             print(f"{name:<15} {ms:10.2f} {ms / fastest:9.2f}x {note:>8}")
+
+    for line in capture_rows:
+        print(line)
+
+
+def capture_table(unet: Any, kwargs: dict[str, Any], step: Any, device: torch.device, iters: int) -> list[str]:
+    """Eager vs the worker's CUDA-graph runner (worker/sampling/capture.py), default attention."""
+    if device.type != "cuda":
+        return ["capture: CUDA graphs need a GPU; on the CPU the runner runs eagerly"]
+    runner = UNetRunner(unet, "cuda_graph")
+    inputs = (kwargs["sample"], kwargs["timestep"], kwargs["encoder_hidden_states"], kwargs.get("added_cond_kwargs"))
+    with torch.inference_mode():
+        eager_ms = time_ms(step, device, 3, iters)
+        graph_ms = time_ms(lambda: runner(*inputs), device, 3, iters)
+        diff = float((runner(*inputs).float() - step().float()).abs().max())
+    state = "failed, eager" if runner.failed else "replayed"
+    return [
+        f"{'runner':<15} {'ms/step':>10} {'vs eager':>10}",
+        f"{'eager':<15} {eager_ms:10.2f} {1.0:9.2f}x",
+        f"{'cuda_graph':<15} {graph_ms:10.2f} {graph_ms / eager_ms:9.2f}x  ({state}; max diff {diff:.1e})",
+    ]
 
 
 if __name__ == "__main__":

@@ -281,6 +281,9 @@ class Settings:
     max_queue: int = 100
     warmup: bool = True
     progress_interval_s: float = 1.0
+    # How the UNet runs: "off" (eager), "cuda_graph", "compile" (worker/sampling/capture.py). Off by default
+    # until the captured path has been measured and checked against eager on a GPU.
+    denoiser_capture: str = "off"
     # Object storage for outputs and http(s) input images.
     storage: StorageSettings = field(default_factory=StorageSettings)
     url_inputs: UrlInputSettings = field(default_factory=UrlInputSettings)
@@ -338,6 +341,7 @@ class Settings:
             max_queue=_int(env, "MAX_QUEUE", 100, minimum=1),
             warmup=_choice(env, "WARMUP", "on", ("on", "off", "1", "0", "true", "false")) in ("on", "1", "true"),
             progress_interval_s=_int(env, "PROGRESS_INTERVAL_MS", 1000, minimum=0) / 1000,
+            denoiser_capture=_choice(env, "DENOISER_CAPTURE", "off", ("off", "cuda_graph", "compile")),
             storage=_storage(env),
             url_inputs=_url_inputs(env),
             attention_backend=_choice(env, "ATTENTION_BACKEND", "auto", ATTENTION_CHOICES),

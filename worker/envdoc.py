@@ -116,6 +116,8 @@ ENV_VARS: tuple[EnvVar, ...] = (
            "`on`: time the verified backends on the model's shapes at start-up and keep the fastest (cached per GPU and versions)"),
     EnvVar(('ATTENTION_KERNELS_DIR',), '`<WORKER_CACHE_DIR>/kernels`',
            'where the image baked the kernel builds (`/opt/worker/cache/kernels`); read only, never downloaded into'),
+    EnvVar(('DENOISER_CAPTURE',), '`off`',
+           'how the UNet runs: `off` (eager), `cuda_graph` (captured per input shape on first use, replayed after; falls back to eager where capture fails), `compile` (torch.compile reduce-overhead; set `TORCHINDUCTOR_CACHE_DIR` to a persistent folder to keep compiled code). Off until measured on a GPU'),
     EnvVar(('RUNPOD_WEBHOOK_GET_JOB',), 'set by RunPod',
            'present on real workers; without it `python handler.py` runs the runpod SDK\'s local test'),
 )

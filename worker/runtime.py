@@ -16,6 +16,7 @@ from worker.config import ConfigError, Settings
 from worker.models.budget import resolve_budget
 from worker.models.store import ModelStore
 from worker.models.tiny import TINY_NAME
+from worker.sampling.capture import UNetRunner
 
 if TYPE_CHECKING:
     from worker.custom_nodes import CustomNodes
@@ -123,6 +124,13 @@ def start(settings: Settings | None = None) -> Runtime:
     return runtime
 
 
+def prepare(checkpoint: Any, attention: AttentionManager, capture: str) -> None:
+    """Per freshly loaded checkpoint: the attention backend (the first model chooses it, on its shapes; each
+    gets it installed), then the denoiser runner (eager or CUDA-graph capture)."""
+    attention.on_load(checkpoint)
+    checkpoint.model.runner = UNetRunner(checkpoint.model.unet, capture)
+
+
 def boot(settings: Settings | None = None) -> Runtime:
     started = time.perf_counter()
     settings = settings or Settings.from_env()
@@ -137,7 +145,7 @@ def boot(settings: Settings | None = None) -> Runtime:
         device=device,
         dtype=dtype,
         max_resident=settings.max_resident_checkpoints,
-        on_load=attention.on_load,  # the first model chooses the backend (on its shapes); each gets it installed
+        on_load=lambda checkpoint: prepare(checkpoint, attention, settings.denoiser_capture),
         memory_budget=memory_budget,
     )
     runtime = Runtime(settings=settings, device=device, dtype=dtype, models=store, attention=attention,

@@ -18,6 +18,7 @@ import torch
 from worker.errors import UserError
 from worker.models import lora
 from worker.models.prompt import chunk_words, parse_weights
+from worker.sampling.capture import UNetRunner
 from worker.sampling.schedule import DiscreteSchedule
 
 
@@ -55,6 +56,12 @@ class Denoiser:
     vae_factor: int = 8
     # LoRAs (file, strength) merged into the UNet while a sampler runs (see patched()).
     patches: tuple[tuple[lora.LoraFile, float], ...] = ()
+    # How the UNet is called: eagerly, or replayed from captured CUDA graphs (DENOISER_CAPTURE).
+    runner: UNetRunner | None = None
+
+    def __post_init__(self) -> None:
+        if self.runner is None:
+            self.runner = UNetRunner(self.unet)
 
     def with_lora(self, file: lora.LoraFile, strength: float) -> Denoiser:
         if lora.matched(self.unet, "unet", file, dict(self.unet.config)) == 0:
@@ -87,13 +94,8 @@ class Denoiser:
             height, width = rows * self.vae_factor, cols * self.vae_factor
             time_ids = _size_ids(height, width, x.device, self.dtype)
             extra = {"text_embeds": pooled.to(self.dtype), "time_ids": time_ids.expand(x.shape[0], -1)}
-        out = self.unet(
-            (x * scale).to(self.dtype),
-            timestep,
-            encoder_hidden_states=context.to(self.dtype),
-            added_cond_kwargs=extra,
-            return_dict=False,
-        )[0].float()
+        assert self.runner is not None
+        out = self.runner((x * scale).to(self.dtype), timestep, context.to(self.dtype), extra).float()
         if self.schedule.prediction == "v_prediction":
             return x * (scale**2) - out * sigma * scale
         return x - out * sigma
