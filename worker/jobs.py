@@ -15,7 +15,7 @@ from worker import contract
 from worker.engine import ExecutionContext, StopSignal, build_plan, execute, registry
 from worker.engine.context import ProgressFn
 from worker.errors import JobStopped, NodeError, UserError
-from worker.outputs import deliver
+from worker.outputs import OutputPipeline
 from worker.runtime import Runtime
 
 log = logging.getLogger("worker.job")
@@ -73,6 +73,7 @@ def run_job(
     job_id = str(job.get("id", "?")) if isinstance(job, dict) else "?"
     timer = _Timer()
     outcome, nodes, images = "error", 0, 0
+    pipeline: OutputPipeline | None = None
     try:
         if not isinstance(job, dict):
             raise UserError("job must be an object with an 'input' field")
@@ -89,6 +90,7 @@ def run_job(
         )
         nodes = len(plan.order)
         timer.lap("validate")
+        pipeline = OutputPipeline(plan.workflow, runtime.settings, request.output, job_id)
         ctx = ExecutionContext(
             job_id=job_id,
             models=runtime.models,
@@ -97,6 +99,7 @@ def run_job(
             workflow=plan.workflow,
             stop=stop or StopSignal(),
             progress=progress,
+            on_save=pipeline.add,
         )
         with runtime.job_lock:
             timer.lap("queue")
@@ -104,7 +107,8 @@ def run_job(
             with torch.inference_mode(), runtime.models.job():
                 report = execute(plan, ctx)
         timer.lap("execute")
-        delivery = deliver(ctx.saved, plan.workflow, runtime.settings, request.output, job_id)
+        # What encoding and uploads still need after the last node; the rest overlapped the GPU work.
+        delivery = pipeline.finish()
         timer.lap("deliver")
         images = len(delivery.items)
         if not delivery.items:
@@ -115,6 +119,7 @@ def run_job(
             "device": str(runtime.device),
             "attention": runtime.attention.describe() if runtime.attention is not None else None,
             "timings_ms": {stage: round(ms, 1) for stage, ms in timer.ms.items()},
+            "stages_ms": stages_ms(report.node_ms, pipeline.encode_ms, pipeline.upload_ms),
             "nodes_ms": {node: round(ms, 1) for node, ms in report.node_ms.items()},
         }
         result = contract.success(delivery.items, delivery.errors, metadata)
@@ -138,9 +143,34 @@ def run_job(
         log.exception("job %s: unexpected failure", job_id)
         return contract.failure(f"internal error: {type(exc).__name__}: {exc}")
     finally:
+        if pipeline is not None:
+            pipeline.close()
         log.info("job %s outcome=%s nodes=%d images=%d %s", job_id, outcome, nodes, images, timer.summary())
         if runtime.device.type == "cuda" and outcome not in ("ok", "partial", "rejected"):
             torch.cuda.empty_cache()
+
+
+def stage_of(class_type: str) -> str:
+    """The stage a node's time counts toward in `metadata.stages_ms`."""
+    if "Loader" in class_type:
+        return "load"
+    if class_type.startswith("CLIPTextEncode"):
+        return "text_encode"
+    if class_type.startswith(("KSampler", "SamplerCustom")):
+        return "sampling"
+    if class_type.startswith("VAEDecode"):
+        return "decode"
+    return "other"
+
+
+def stages_ms(node_ms: dict[str, float], encode_ms: float, upload_ms: float) -> dict[str, float]:
+    """Node time ("<id> <class_type>" -> ms) per stage, plus the encode and upload time spent in the output
+    threads (which may overlap the sampling of later images, so stages can add up to more than the job took)."""
+    stages = dict.fromkeys(("load", "text_encode", "sampling", "decode", "other"), 0.0)
+    for node, ms in node_ms.items():
+        stages[stage_of(node.partition(" ")[2])] += ms
+    stages.update(encode=encode_ms, upload=upload_ms)
+    return {stage: round(ms, 1) for stage, ms in stages.items()}
 
 
 def _node_failure_message(exc: NodeError) -> str:

@@ -13,7 +13,11 @@ import base64
 import functools
 import json
 import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -56,6 +60,95 @@ def encode(image: SavedImage, workflow: dict[str, Any], options: OutputOptions) 
                       content_type=content_type)
 
 
+class OutputPipeline:
+    """Delivery of one job's images, started as each SaveImage runs: a background thread encodes the image
+    (and uploads it, when every image of the job goes to object storage anyway) while the GPU works on the
+    next branch or batch. finish() waits for the rest and assembles the Delivery in save order. The
+    decision that needs every image (upload only an oversize result, or fail it) is taken in finish()."""
+
+    def __init__(
+        self,
+        workflow: dict[str, Any],
+        settings: Settings,
+        options: OutputOptions | None = None,
+        job_id: str = "?",
+        store: Store | None = None,
+    ):
+        self.workflow, self.settings, self.job_id = workflow, settings, job_id
+        self.options = options or OutputOptions()
+        storage = settings.storage
+        self.mode = self.options.upload or storage.upload
+        # Every image goes to the bucket: upload each as soon as it is encoded.
+        self.eager_upload = self.mode == "always" and storage.enabled
+        self.store = (store or store_for(storage)) if self.eager_upload else store
+        # Uploads wait on the network, not the CPU: as many threads as parallel uploads are allowed.
+        workers = storage.concurrency if self.store is not None else 2
+        self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix=f"output-{job_id}")
+        self._now = datetime.now(UTC)  # one date for every key of the job
+        self._futures: list[Future[_Prepared]] = []
+        self._lock = threading.Lock()
+        self.encode_ms = 0.0
+        self.upload_ms = 0.0
+
+    def add(self, image: SavedImage) -> None:
+        self._futures.append(self._pool.submit(self._prepare, image))
+
+    def _prepare(self, image: SavedImage) -> _Prepared:
+        started = time.perf_counter()
+        file = encode(image, self.workflow, self.options)
+        item = output_item(_filename(file), base64.b64encode(file.data).decode("ascii"))
+        encoded = time.perf_counter()
+        upload = None
+        if self.eager_upload and self.store is not None:
+            upload = self.store.upload(self.store.key_for(self.job_id, file.name, self._now), file)
+        with self._lock:
+            self.encode_ms += (encoded - started) * 1000
+            self.upload_ms += (time.perf_counter() - encoded) * 1000
+        return _Prepared(file, item, upload)
+
+    def finish(self) -> Delivery:
+        """Every image delivered as base64 or URL; raises DeliveryError when the result cannot be whole."""
+        try:
+            prepared = [future.result() for future in self._futures]
+        finally:
+            self.close()
+        files = [p.file for p in prepared]
+        base64_items = [p.item for p in prepared]
+        delivery = Delivery()
+        if self.settings.output_dir is not None:
+            delivery.written = [_write(self.settings.output_dir, file) for file in files]
+        storage, limit = self.settings.storage, self.settings.max_result_bytes
+        if self.eager_upload and self.store is not None:
+            uploads = [p.upload for p in prepared if p.upload is not None]
+            return _collect(uploads, self.store, files, base64_items, limit, delivery)
+        size = _size(base64_items, [])
+        wants_upload = self.mode == "always" or (self.mode == "auto" and size > limit)
+        if wants_upload and storage.enabled:
+            store = self.store or store_for(storage)
+            started = time.perf_counter()
+            uploads = store.upload_all(self.job_id, files)
+            self.upload_ms += (time.perf_counter() - started) * 1000
+            return _collect(uploads, store, files, base64_items, limit, delivery)
+        if size > limit:
+            raise DeliveryError(_too_large(size, limit, len(files), storage, self.mode))
+        if wants_upload and storage.requested:  # asked for, but half-configured: say so in the result and the log
+            _warn_misconfigured(storage.describe())
+            delivery.errors.append(f"images returned as base64, not uploaded: object storage is {storage.problem}")
+        delivery.items, delivery.result_bytes = base64_items, _size(base64_items, delivery.errors)
+        return delivery
+
+    def close(self) -> None:
+        """Drop what has not started (a failed or cancelled job); running encodes finish on their own."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass
+class _Prepared:
+    file: OutputFile
+    item: dict[str, str]  # the base64 result item: what is returned if the image is not uploaded
+    upload: Uploaded | None
+
+
 def deliver(
     saved: list[SavedImage],
     workflow: dict[str, Any],
@@ -64,41 +157,21 @@ def deliver(
     job_id: str = "?",
     store: Store | None = None,
 ) -> Delivery:
-    """Encode every saved image and deliver it as base64 or, when object storage is configured and wanted
-    (BUCKET_UPLOAD / input.output.upload) or the result would be too large, as a URL. Raises DeliveryError
-    when the result cannot be delivered whole."""
-    options = options or OutputOptions()
-    files = [encode(image, workflow, options) for image in saved]
-    delivery = Delivery()
-    if settings.output_dir is not None:
-        delivery.written = [_write(settings.output_dir, file) for file in files]
-    storage = settings.storage
-    encoded = [base64.b64encode(file.data).decode("ascii") for file in files]
-    base64_items = [output_item(_filename(file), data) for file, data in zip(files, encoded, strict=True)]
-    limit = settings.max_result_bytes
-    size = _size(base64_items, [])
-    mode = options.upload or storage.upload
-    wants_upload = mode == "always" or (mode == "auto" and size > limit)
-    if wants_upload and storage.enabled:
-        return _upload(store or store_for(storage), job_id, files, base64_items, limit, delivery)
-    if size > limit:
-        raise DeliveryError(_too_large(size, limit, len(files), storage, mode))
-    if wants_upload and storage.requested:  # asked for, but half-configured: say so in the result and the log
-        _warn_misconfigured(storage.describe())
-        delivery.errors.append(f"images returned as base64, not uploaded: object storage is {storage.problem}")
-    delivery.items, delivery.result_bytes = base64_items, _size(base64_items, delivery.errors)
-    return delivery
+    """Encode and deliver images saved earlier (OutputPipeline without the overlap)."""
+    pipeline = OutputPipeline(workflow, settings, options, job_id, store)
+    for image in saved:
+        pipeline.add(image)
+    return pipeline.finish()
 
 
-def _upload(
+def _collect(
+    uploads: list[Uploaded],
     store: Store,
-    job_id: str,
     files: list[OutputFile],
     base64_items: list[dict[str, str]],
     limit: int,
     delivery: Delivery,
 ) -> Delivery:
-    uploads = store.upload_all(job_id, files)
     failed: list[Uploaded] = []
     for upload, fallback in zip(uploads, base64_items, strict=True):
         if upload.url is not None:

@@ -328,3 +328,39 @@ def test_delivery_options_default_is_png(s3_endpoint: str) -> None:
     delivery = deliver(saved(1), {"1": {}}, Settings.from_env(storage_env(s3_endpoint)), OutputOptions(), "png-key")
     assert delivery.items[0]["filename"] == "ComfyUI_00001_.png"
     assert objects(s3_endpoint, "png-key/")["png-key/ComfyUI_00001_.png"]["ContentType"] == "image/png"
+
+
+# --- the output pipeline: encode and upload while later nodes run -----------------------------------------------
+
+
+def test_pipeline_uploads_each_image_before_the_job_finishes(s3_endpoint: str) -> None:
+    """With BUCKET_UPLOAD=always an image is in the bucket while the job is still running (the next branch
+    would be sampling), and finish() returns the URLs in save order."""
+    import time
+
+    from worker.outputs import OutputPipeline
+
+    settings = Settings.from_env(storage_env(s3_endpoint, BUCKET_KEY_TEMPLATE="early/{job_id}/{filename}"))
+    pipeline = OutputPipeline({"9": {}}, settings, OutputOptions(), "early-job")
+    first, second = saved(2)
+    pipeline.add(first)
+    deadline = time.monotonic() + 10
+    while "early/early-job/ComfyUI_00001_.png" not in objects(s3_endpoint, "early/") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert list(objects(s3_endpoint, "early/")) == ["early/early-job/ComfyUI_00001_.png"]
+    pipeline.add(second)
+    delivery = pipeline.finish()
+    assert [item["filename"] for item in delivery.items] == ["ComfyUI_00001_.png", "ComfyUI_00002_.png"]
+    assert all(item["type"] == "s3_url" for item in delivery.items) and delivery.uploaded == 2
+    assert pipeline.encode_ms > 0 and pipeline.upload_ms > 0
+
+
+def test_job_metadata_splits_time_into_stages(runtime, s3_endpoint: str) -> None:
+    storage = storage_for(s3_endpoint, BUCKET_KEY_TEMPLATE="stages/{job_id}/{filename}")
+    result = run_job(with_storage(runtime, storage), {"id": "stages", "input": {"workflow": txt2img(steps=2)}})
+    stages = result["metadata"]["stages_ms"]
+    assert set(stages) == {"load", "text_encode", "sampling", "decode", "encode", "upload", "other"}
+    for stage in ("text_encode", "sampling", "decode", "encode", "upload"):
+        assert stages[stage] > 0, (stage, stages)
+    assert sum(stages[s] for s in ("load", "text_encode", "sampling", "decode", "other")) == pytest.approx(
+        sum(result["metadata"]["nodes_ms"].values()), abs=0.5)

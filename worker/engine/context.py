@@ -62,10 +62,17 @@ class ExecutionContext:
     stop: StopSignal = field(default_factory=StopSignal)
     progress: ProgressFn | None = None
     saved: list[SavedImage] = field(default_factory=list)
+    # Called with each image as it is saved, so encoding and upload can start while later nodes run.
+    on_save: Callable[[SavedImage], None] | None = None
     _counters: dict[str, int] = field(default_factory=dict)
     _node: PlannedNode | None = None
     _node_index: int = 0
     _node_count: int = 0
+
+    def save(self, image: SavedImage) -> None:
+        self.saved.append(image)
+        if self.on_save is not None:
+            self.on_save(image)
 
     def check(self) -> None:
         self.stop.check()

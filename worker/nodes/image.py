@@ -64,7 +64,7 @@ def save_image(ctx: ExecutionContext, images: torch.Tensor, filename_prefix: str
     folder, name = _prefix_parts(filename_prefix, images)
     for image in images:
         counter = ctx.next_counter(f"{folder}/{name}")
-        ctx.saved.append(
+        ctx.save(
             SavedImage(node_id=ctx.node_id, filename=f"{name}_{counter:05}_.png", subfolder=folder,
                        pixels=to_uint8(image))
         )
