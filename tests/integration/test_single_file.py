@@ -151,3 +151,25 @@ def test_vae_loader_single_file_and_folder_decode_like_the_checkpoint_vae(runtim
 def test_vae_loader_rejects_a_file_that_is_not_a_vae(runtime_sf) -> None:
     result = run_job(runtime_sf, with_vae_loader("broken.safetensors"))
     assert "node 40 (VAELoader)" in result["error"] and "not a VAE" in result["error"]
+
+
+def test_loading_runs_no_random_init_on_weights_the_file_replaces(models_root: Path, monkeypatch) -> None:
+    """Modules are built empty (meta device, or uninitialised memory) and filled from the file: random init of
+    SDXL's 3.5 B weights would cost seconds of start-up. Init calls on meta tensors cost nothing and are ignored."""
+    from worker.models.sd import load_single_file
+
+    initialised: list[tuple[int, ...]] = []
+    for name in ("normal_", "uniform_", "kaiming_uniform_", "trunc_normal_", "xavier_uniform_", "zeros_", "ones_"):
+        real = getattr(torch.nn.init, name)
+
+        def counting(tensor, *args, _real=real, **kwargs):
+            if not tensor.is_meta:
+                initialised.append(tuple(tensor.shape))
+            return _real(tensor, *args, **kwargs)
+
+        monkeypatch.setattr(torch.nn.init, name, counting)
+    checkpoint = load_single_file(models_root / "checkpoints" / "tiny-sdxl.safetensors", "tiny-sdxl",
+                                  [models_root / "configs" / "tiny-sdxl"], torch.device("cpu"), torch.float32)
+    assert initialised == []
+    assert all(not p.is_meta for p in checkpoint.model.unet.parameters())
+

@@ -364,10 +364,11 @@ def load_flux_transformer(state: dict[str, torch.Tensor], shape: FluxShape, conf
     from diffusers import FluxTransformer2DModel
 
     converted = flux_transformer_to_diffusers(state)
+    device = next(iter(converted.values())).device
     try:
         return FluxTransformer2DModel.from_single_file(
             converted, config=str(config), subfolder="transformer", torch_dtype=dtype, local_files_only=True,
-            guidance_embeds=shape.guidance,
+            guidance_embeds=shape.guidance, device=device,
         )
     except (KeyError, ValueError, RuntimeError) as exc:
         raise UserError(f"cannot load the Flux transformer with the config {config.name}: {exc}") from exc
@@ -377,14 +378,16 @@ def load_unet(path: Path, name: str, config_dirs: list[Path], device: torch.devi
               weight_dtype: str = "default") -> FluxDenoiser:
     """UNETLoader: a Flux.1 transformer file; dev (guidance embedding) or schnell (none) from the weights, as
     ComfyUI tells Flux from FluxSchnell. fp8 weight dtypes store the weights in fp8 and compute in `dtype`."""
-    from worker.models.single_file import read_state_dict
+    from worker.models.single_file import read_device, read_state_dict
 
     if path.is_dir():
         raise UserError(f"{name} is a folder; UNETLoader loads single Flux transformer files")
     # Flux runs in bf16 where the worker would use fp16 (same memory; ComfyUI does not run schnell in fp16, and
     # fp16 overflows in Flux's activations).
     dtype = torch.bfloat16 if dtype == torch.float16 else dtype
-    state = strip_unet_prefix(read_state_dict(path))
+    # fp8 storage is cast on the CPU, so the device never holds the full-precision weights.
+    where = read_device(path, device) if weight_dtype == "default" else torch.device("cpu")
+    state = strip_unet_prefix(read_state_dict(path, where))
     shape = flux_shape(state, name)
     config = find_flux_config(shape, config_dirs)
     transformer = load_flux_transformer(state, shape, config, dtype)
@@ -470,7 +473,7 @@ def load_clip(files: list[tuple[str, Path]], clip_type: str, config_dirs: list[P
               dtype: torch.dtype) -> Any:
     """DualCLIPLoader (type flux: CLIP-L + T5-XXL in either order) and CLIPLoader (type stable_diffusion:
     a CLIP-L for SD1.x), from files in transformers' layout."""
-    from worker.models.single_file import read_state_dict
+    from worker.models.single_file import read_device, read_state_dict
 
     supported = CLIP_TYPES if len(files) == 2 else SINGLE_CLIP_TYPES
     loader = "DualCLIPLoader" if len(files) == 2 else "CLIPLoader"
@@ -480,7 +483,7 @@ def load_clip(files: list[tuple[str, Path]], clip_type: str, config_dirs: list[P
     for name, path in files:
         if path.is_dir():
             raise UserError(f"{name} is a folder; {loader} loads single text encoder files")
-        state = read_state_dict(path)
+        state = read_state_dict(path, read_device(path, device))
         kind = _kind(state)
         if kind == "unknown" or kind in states:
             wanted = "one CLIP-L and one T5-XXL file" if loader == "DualCLIPLoader" else "a CLIP-L file"

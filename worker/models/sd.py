@@ -295,6 +295,8 @@ def load_diffusers_folder(path: Path, name: str, device: torch.device, dtype: to
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+    from worker.models.single_file import read_device
+
     index = _read_json(path / "model_index.json")
     if "transformer" in index or "unet" not in index:
         raise UserError(
@@ -307,7 +309,8 @@ def load_diffusers_folder(path: Path, name: str, device: torch.device, dtype: to
     missing = [part for part in needed if not (path / part).is_dir()]
     if missing:
         raise UserError(f"checkpoint {name!r} is missing the folder(s) {', '.join(missing)}")
-    common = {"local_files_only": True, "torch_dtype": dtype}
+    # Weights go from the files straight to their device (safetensors reads each tensor there).
+    common = {"local_files_only": True, "torch_dtype": dtype, "device_map": str(read_device(path, device))}
     parts: dict[str, Any] = {
         "unet": UNet2DConditionModel.from_pretrained(path, subfolder="unet", **common),
         "vae": AutoencoderKL.from_pretrained(path, subfolder="vae", **common),
@@ -330,7 +333,7 @@ def load_single_file(
 
     from worker.models import single_file as sf
 
-    state = sf.read_state_dict(path)
+    state = sf.read_state_dict(path, sf.read_device(path, device))
     family = sf.detect_family(state)
     config = sf.find_config(family, state, config_dirs)
     unet, vae = sf.load_unet_and_vae(state, config, dtype)
