@@ -15,15 +15,24 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import runpod
-from runpod.serverless.modules.rp_logger import RunPodLogger
-
 from worker.config import Settings
-from worker.engine import StopSignal
-from worker.jobs import deadline_for, run_job
 from worker.logs import setup_logging
-from worker.progress import Throttle
-from worker.runtime import start
+from worker.prefetch import start_prefetch
+
+SETTINGS = Settings.from_env()
+setup_logging(SETTINGS.log_level)
+# Before the heavy imports below: reading the preloaded checkpoints from disk overlaps them (cold start).
+PREFETCH = start_prefetch(SETTINGS)
+
+from worker.sdk import import_runpod  # noqa: E402
+
+runpod = import_runpod()
+from runpod.serverless.modules.rp_logger import RunPodLogger  # noqa: E402
+
+from worker.engine import StopSignal  # noqa: E402
+from worker.jobs import deadline_for, run_job  # noqa: E402
+from worker.progress import Throttle  # noqa: E402
+from worker.runtime import start  # noqa: E402
 
 LOCAL_OUTPUT_DIR = Path("output")
 
@@ -35,15 +44,13 @@ def _local_test_mode(settings: Settings, argv: list[str]) -> bool:
     return "--test_input" in argv or not settings.runpod_queue_configured
 
 
-SETTINGS = Settings.from_env()
-setup_logging(SETTINGS.log_level)
 RunPodLogger.level = SETTINGS.runpod_log_level  # read by the SDK at import, before our settings existed
 SERVE = __name__ == "__main__" and "--serve" in sys.argv
 LOCAL_TEST = __name__ == "__main__" and not SERVE and _local_test_mode(SETTINGS, sys.argv)
 if LOCAL_TEST and SETTINGS.output_dir is None:
     SETTINGS = dataclasses.replace(SETTINGS, output_dir=LOCAL_OUTPUT_DIR)
 # The server builds its runtime after it starts listening, so /ping can answer while models load.
-RUNTIME = None if SERVE else start(SETTINGS)
+RUNTIME = None if SERVE else start(SETTINGS, PREFETCH)
 
 
 async def handler(job: dict[str, Any]) -> dict[str, Any]:

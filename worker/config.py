@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from worker.attention.specs import CHOICES as ATTENTION_CHOICES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+VOLUME = Path("/runpod-volume")  # a RunPod network volume, when the endpoint has one
 
 # RunPod's request payload limits: /run 10 MB, /runsync 20 MB. A result over the limit is rejected when
 # posted and the client may see COMPLETED with no output, so the worker keeps its results under this.
@@ -55,6 +56,21 @@ def _paths(env: Mapping[str, str], name: str) -> list[Path]:
     if raw is None:
         return []
     return [Path(p).expanduser() for p in raw.split(os.pathsep) if p.strip()]
+
+
+def _sizes(env: Mapping[str, str], name: str) -> tuple[tuple[int, int], ...]:
+    """'native' (or unset) -> (); '1024x1024,832x1216' -> ((1024, 1024), (832, 1216)), multiples of 8."""
+    raw = (_lookup(env, name) or "native").lower()
+    if raw == "native":
+        return ()
+    sizes = []
+    for part in raw.split(","):
+        width, _, height = part.strip().partition("x")
+        valid = width.isdigit() and height.isdigit() and int(width) * int(height) > 0
+        if not valid or int(width) % 8 or int(height) % 8:
+            raise ConfigError(f"{name}={raw!r}; expected 'native' or sizes like 1024x1024,832x1216 (multiples of 8)")
+        sizes.append((int(width), int(height)))
+    return tuple(sizes)
 
 
 def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
@@ -281,9 +297,15 @@ class Settings:
     max_queue: int = 100
     warmup: bool = True
     progress_interval_s: float = 1.0
-    # How the UNet runs: "off" (eager), "cuda_graph", "compile" (worker/sampling/capture.py). Off by default
-    # until the captured path has been measured and checked against eager on a GPU.
-    denoiser_capture: str = "off"
+    # Warm-up generation sizes: () = each checkpoint's native size; else (width, height) pairs. Each size is
+    # one more CUDA graph captured before the worker reports ready.
+    warmup_sizes: tuple[tuple[int, int], ...] = ()
+    # Read the preloaded checkpoints' files into the page cache while Python imports (worker/prefetch.py).
+    prefetch_models: bool = True
+    # How the UNet runs: "cuda_graph" (replayed, each capture checked against eager; eager on a CPU), "off",
+    # "compile" (worker/sampling/capture.py); compile's artifacts are kept in compile_cache_dir.
+    denoiser_capture: str = "cuda_graph"
+    compile_cache_dir: Path = REPO_ROOT / ".cache" / "torch-compile"
     # Object storage for outputs and http(s) input images.
     storage: StorageSettings = field(default_factory=StorageSettings)
     url_inputs: UrlInputSettings = field(default_factory=UrlInputSettings)
@@ -341,7 +363,12 @@ class Settings:
             max_queue=_int(env, "MAX_QUEUE", 100, minimum=1),
             warmup=_choice(env, "WARMUP", "on", ("on", "off", "1", "0", "true", "false")) in ("on", "1", "true"),
             progress_interval_s=_int(env, "PROGRESS_INTERVAL_MS", 1000, minimum=0) / 1000,
-            denoiser_capture=_choice(env, "DENOISER_CAPTURE", "off", ("off", "cuda_graph", "compile")),
+            warmup_sizes=_sizes(env, "WARMUP_SIZES"),
+            prefetch_models=_bool(env, "PREFETCH_MODELS", True),
+            denoiser_capture=_choice(env, "DENOISER_CAPTURE", "cuda_graph", ("cuda_graph", "off", "compile")),
+            compile_cache_dir=Path(_lookup(env, "COMPILE_CACHE_DIR") or (
+                VOLUME / ".cache" / "torch-compile" if VOLUME.is_dir() else cache_dir / "torch-compile"
+            )).expanduser(),
             storage=_storage(env),
             url_inputs=_url_inputs(env),
             attention_backend=_choice(env, "ATTENTION_BACKEND", "auto", ATTENTION_CHOICES),

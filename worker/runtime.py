@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psutil
@@ -14,12 +16,13 @@ import torch
 from worker.attention.manager import AttentionManager
 from worker.config import ConfigError, Settings
 from worker.models.budget import resolve_budget
+from worker.models.folders import preload_names
 from worker.models.store import ModelStore
-from worker.models.tiny import TINY_NAME
 from worker.sampling.capture import UNetRunner
 
 if TYPE_CHECKING:
     from worker.custom_nodes import CustomNodes
+    from worker.prefetch import Prefetch
 
 log = logging.getLogger(__name__)
 
@@ -42,27 +45,6 @@ def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
     if requested == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
     return _DTYPES[requested]
-
-
-def preload_names(settings: Settings, available: list[str]) -> list[str]:
-    """Which checkpoints to load at start-up. 'auto': the one checkpoint in the model folders if there is
-    exactly one, the built-in tiny one if there are none, otherwise none (first use loads them)."""
-    real = [name for name in available if name != TINY_NAME]
-    if settings.preload_mode == "none":
-        return []
-    if settings.preload_mode == "all":
-        return real[: settings.max_resident_checkpoints] or [TINY_NAME]
-    if settings.preload_mode == "auto":
-        if len(real) == 1:
-            return real
-        return [TINY_NAME] if not real else []
-    unknown = [name for name in settings.preload if name not in available]
-    if unknown:
-        raise ConfigError(
-            f"PRELOAD_CHECKPOINTS names {', '.join(unknown)}, not found in the model folders; "
-            f"available: {', '.join(available)}"
-        )
-    return list(settings.preload)
 
 
 @dataclass
@@ -90,6 +72,7 @@ class Runtime:
             "storage": self.settings.storage.describe(),
             "boot_seconds": {k: round(v, 3) for k, v in self.boot_seconds.items()},
             "attention": self.attention.health() if self.attention is not None else None,
+            "denoiser_capture": self.settings.denoiser_capture if self.device.type == "cuda" else "off (CPU)",
             "custom_nodes": (self.custom_nodes.health() if self.custom_nodes is not None
                              else {"dirs": [], "loaded": {}, "failed": {}}),
         }
@@ -106,7 +89,7 @@ def quiet_libraries() -> None:
     transformers_logging.disable_progress_bar()
 
 
-def start(settings: Settings | None = None) -> Runtime:
+def start(settings: Settings | None = None, prefetch: Prefetch | None = None) -> Runtime:
     """boot() then, unless WARMUP=off, the warm-up generation: what every entry point runs before it
     reports ready."""
     runtime = boot(settings)
@@ -114,14 +97,31 @@ def start(settings: Settings | None = None) -> Runtime:
         from worker.warmup import warm_up  # imports the engine and nodes; boot() alone does not need them
 
         warm_up(runtime)
+        if runtime.settings.denoiser_capture == "compile":
+            from worker.sampling import compile_cache
+
+            compile_cache.save(runtime.settings.compile_cache_dir, runtime.device)
     # Process start to ready, imports included: what a cold start costs before the first job can run.
-    since_start = time.time() - psutil.Process().create_time()
+    since_start = process_age_s()
     runtime.boot_seconds["process_start_to_ready"] = since_start
+    if prefetch is not None and prefetch.done.is_set():  # overlapped the imports; not part of the sum
+        runtime.boot_seconds["prefetch_overlapped"] = prefetch.seconds
     runtime.boot_seconds["before_boot"] = max(0.0, since_start - runtime.boot_seconds["total"]
                                               - runtime.boot_seconds.get("warmup", 0.0))
     log.info("ready %.2fs after process start (imports and settings before boot: %.2fs)",
              since_start, runtime.boot_seconds["before_boot"])
     return runtime
+
+
+def process_age_s() -> float:
+    """Seconds since this process started, to 10 ms: its start in clock ticks since boot (/proc/self/stat)
+    against the uptime. psutil's create_time() adds the boot time in whole seconds, up to 1 s off."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.time() - psutil.Process().create_time()
 
 
 def prepare(checkpoint: Any, attention: AttentionManager, capture: str) -> None:
@@ -139,6 +139,10 @@ def boot(settings: Settings | None = None) -> Runtime:
     dtype = pick_dtype(settings.dtype, device)
     attention = AttentionManager.from_settings(settings, device, dtype)
     memory_budget, budget_note = resolve_budget(settings.model_memory_budget, device)
+    if settings.denoiser_capture == "compile":
+        from worker.sampling import compile_cache
+
+        compile_cache.load(settings.compile_cache_dir, device)  # before anything compiles
     store = ModelStore(
         roots=list(settings.model_roots),
         cache_dir=settings.cache_dir,

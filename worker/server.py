@@ -32,7 +32,7 @@ from worker.engine import registry
 from worker.engine.introspect import object_info
 from worker.jobqueue import FINAL, JobService, QueueFull
 from worker.jobs import choices_for, limits_for, run_job
-from worker.models.store import FOLDERS
+from worker.models.folders import FOLDERS
 from worker.progress import Throttle
 from worker.runtime import Runtime, start
 

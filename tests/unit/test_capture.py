@@ -1,4 +1,4 @@
-"""The denoiser runner: eager by default, CUDA-graph replay when asked, clean fallback to eager."""
+"""The denoiser runner: CUDA-graph replay checked against eager, clean fallback to eager, eager on a CPU."""
 
 from __future__ import annotations
 
@@ -49,10 +49,10 @@ def test_failed_capture_falls_back_to_eager_once_logged(unet, caplog: pytest.Log
 
     runner = UNetRunner(unet, "cuda_graph", capture=broken, eligible=lambda sample: True)
     with torch.inference_mode(), caplog.at_level(logging.WARNING, logger="worker.sampling.capture"):
-        first, second = runner(*inputs()), runner(*inputs())
+        results = [runner(*inputs()) for _ in range(4)]
     expected = eager(unet, *inputs())
-    assert torch.equal(first, expected) and torch.equal(second, expected)
-    assert attempts == [1]  # not retried for the same input signature
+    assert all(torch.equal(result, expected) for result in results)
+    assert attempts == [1]  # tried on the second call, not retried for the same input signature
     assert sum("capture failed" in r.message for r in caplog.records) == 1
 
 
@@ -66,9 +66,12 @@ def test_replay_is_used_per_signature(unet) -> None:
     runner = UNetRunner(unet, "cuda_graph", capture=fake_capture, eligible=lambda sample: True)
     sample, timestep, context = inputs()
     with torch.inference_mode():
-        assert torch.equal(runner(sample, timestep, context), torch.full_like(sample, 7))
+        assert torch.equal(runner(sample, timestep, context), eager(unet, sample, timestep, context))  # eager
+        assert torch.equal(runner(sample, timestep, context), torch.full_like(sample, 7))  # captured, replayed
         runner(sample + 1, timestep, context)  # same shapes: replayed, not captured again
-        runner(torch.randn(2, 4, 16, 8), timestep, context)  # new shape: a second capture
+        runner(torch.randn(2, 4, 16, 8), timestep, context)  # a new shape seen once: eager
+        assert captured == [(2, 4, 8, 8)]
+        runner(torch.randn(2, 4, 16, 8), timestep, context)  # seen twice: a second capture
     assert captured == [(2, 4, 8, 8), (2, 4, 16, 8)]
 
 
@@ -88,3 +91,124 @@ def test_whole_job_unchanged_on_cpu_with_capture_on(runtime) -> None:
         checkpoint.model.runner = previous
     off = run_job(runtime, {"id": "c", "input": {"workflow": txt2img(seed=4)}})
     assert on["images"][0]["data"] == off["images"][0]["data"]
+
+
+def test_check_replay_accepts_rounding_and_refuses_differences_and_nan() -> None:
+    from worker.sampling.capture import CaptureMismatch, check_replay
+
+    eager_out = torch.linspace(-4, 4, 64, dtype=torch.float16)
+    check_replay(eager_out.clone(), eager_out)
+    check_replay(eager_out + 0.01, eager_out)  # 0.25 % of the scale: fp16 rounding
+    with pytest.raises(CaptureMismatch, match="differs from eager"):
+        check_replay(eager_out + 0.5, eager_out)
+    with pytest.raises(CaptureMismatch):
+        check_replay(torch.full_like(eager_out, float("nan")), eager_out)
+    with pytest.raises(CaptureMismatch):  # fp32 is held to a tighter bound
+        check_replay(eager_out.float() + 0.01, eager_out.float())
+
+
+def test_mismatching_capture_runs_eagerly(unet, caplog: pytest.LogCaptureFixture) -> None:
+    from worker.sampling.capture import CaptureMismatch, check_replay
+
+    def wrong(fn, args):
+        check_replay(fn(*args) + 1, fn(*args))  # what capture_cuda_graph does with a bad replay
+        raise AssertionError("unreachable")
+
+    runner = UNetRunner(unet, "cuda_graph", capture=wrong, eligible=lambda sample: True)
+    with torch.inference_mode(), caplog.at_level(logging.WARNING, logger="worker.sampling.capture"):
+        for _ in range(3):
+            assert torch.equal(runner(*inputs()), eager(unet, *inputs()))
+    assert not runner.replays and len(runner.failed) == 1
+    assert any(CaptureMismatch.__name__ in r.message for r in caplog.records)
+
+
+def test_least_recently_used_graph_is_dropped(unet) -> None:
+    captured: list[int] = []
+
+    def fake_capture(fn, args):
+        captured.append(args[0].shape[2])
+        return fn
+
+    runner = UNetRunner(unet, "cuda_graph", capture=fake_capture, eligible=lambda sample: True, max_graphs=2)
+    _, timestep, context = inputs()
+    with torch.inference_mode():
+        for side in (8, 16, 8, 24, 8, 16):  # 16 was least recently used when 24 came
+            for _ in range(2):
+                runner(torch.randn(2, 4, side, 8), timestep, context)
+    assert captured == [8, 16, 24, 16]
+    assert len(runner.replays) == 2
+
+
+def test_capture_is_the_default_and_eager_on_cpu() -> None:
+    from worker.config import Settings
+
+    assert Settings.from_env({}).denoiser_capture == "cuda_graph"
+    assert Settings.from_env({"DENOISER_CAPTURE": "off"}).denoiser_capture == "off"
+
+
+def test_compile_cache_round_trip_and_bad_files(tmp_path, monkeypatch, caplog: pytest.LogCaptureFixture) -> None:
+    from worker.sampling import compile_cache
+
+    loaded: list[bytes] = []
+    monkeypatch.setattr(torch.compiler, "save_cache_artifacts", lambda: (b"artifacts", object()))
+    monkeypatch.setattr(torch.compiler, "load_cache_artifacts", loaded.append)
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    cpu = torch.device("cpu")
+    assert compile_cache.load(tmp_path, cpu) is False  # nothing saved yet
+    assert compile_cache.save(tmp_path / "volume", cpu) == len(b"artifacts")
+    assert compile_cache.cache_file(tmp_path / "volume", cpu).read_bytes() == b"artifacts"
+    assert [p.suffix for p in (tmp_path / "volume").iterdir()] == [".megacache"]  # no temporary left behind
+    assert compile_cache.load(tmp_path / "volume", cpu) is True and loaded == [b"artifacts"]
+    assert torch.__version__ in compile_cache.cache_file(tmp_path, cpu).name
+
+    def corrupt(blob: bytes) -> None:
+        raise RuntimeError("bad magic")
+
+    monkeypatch.setattr(torch.compiler, "load_cache_artifacts", corrupt)
+    with caplog.at_level(logging.WARNING, logger="worker.sampling.compile_cache"):
+        assert compile_cache.load(tmp_path / "volume", cpu) is False
+    assert "bad magic" in caplog.text
+    monkeypatch.setattr(torch.compiler, "save_cache_artifacts", lambda: None)
+    assert compile_cache.save(tmp_path / "empty", cpu) == 0
+
+
+def test_warm_up_captures_the_denoiser_at_each_configured_size(runtime) -> None:
+    """The graphs jobs will replay are captured before the worker reports ready: one per warm-up size (batch 2:
+    cond and uncond of the CFG warm-up in one call)."""
+    from worker.config import Settings
+    from worker.warmup import warm_up
+
+    captured: list[tuple[int, ...]] = []
+
+    def fake_capture(fn, args):
+        captured.append(tuple(args[0].shape))
+        return fn
+
+    sizes = Settings.from_env({"WARMUP_SIZES": "64x64, 96x64"}).warmup_sizes
+    assert sizes == ((64, 64), (96, 64))
+    warm = dataclasses.replace(runtime, settings=dataclasses.replace(runtime.settings, warmup_sizes=sizes))
+    model = runtime.models.checkpoint("tiny-sd").model
+    previous = model.runner
+    model.runner = UNetRunner(model.unet, "cuda_graph", capture=fake_capture, eligible=lambda sample: True)
+    try:
+        warm_up(warm)
+    finally:
+        model.runner = previous
+    assert sorted(set(captured)) == [(2, 4, 8, 8), (2, 4, 8, 12)]
+
+
+@pytest.mark.parametrize("raw", ["1024", "1024x", "100x64", "0x0", "axb"])
+def test_bad_warmup_sizes_are_refused(raw: str) -> None:
+    from worker.config import ConfigError, Settings
+
+    with pytest.raises(ConfigError, match="WARMUP_SIZES"):
+        Settings.from_env({"WARMUP_SIZES": raw})
+
+
+def test_native_warm_up_size_is_the_model_training_size(runtime) -> None:
+    from worker.warmup import native_size
+
+    model = runtime.models.checkpoint("tiny-sd").model
+    side = model.unet.config.sample_size * model.vae_factor
+    assert native_size(model, 4096) == (side, side)
+    assert native_size(model, 48) == (64, 64)  # never below 64 px

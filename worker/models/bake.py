@@ -19,7 +19,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.models.store import FOLDERS
+from worker.models.folders import FOLDERS
 from worker.names import relative_name_problem
 
 # Config repos: diffusers folders whose configs and tokenizers single-file checkpoints need (no weights).

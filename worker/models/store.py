@@ -17,34 +17,16 @@ from worker.errors import UserError
 from worker.models.budget import file_bytes, human, resident_bytes
 from worker.models.lora import LoraFile
 from worker.models.sd import Checkpoint, Vae, load_diffusers_folder, load_single_file, vae_dtype_for
+from worker.models.folders import is_model_folder, kind_folders, list_names, scan
 from worker.models.tiny import TINY_NAME, ensure_tiny_checkpoint
 from worker.names import relative_name_problem
 
 log = logging.getLogger(__name__)
 
 # ComfyUI's folder names; an alias list means any of them holds that kind of file.
-FOLDERS: dict[str, tuple[str, ...]] = {
-    "checkpoints": ("checkpoints",),
-    "loras": ("loras",),
-    "vae": ("vae",),
-    "unet": ("unet", "diffusion_models"),  # UNETLoader: Flux transformers
-    "clip": ("clip", "text_encoders"),  # DualCLIPLoader, CLIPLoader
-    "upscale_models": ("upscale_models",),
-    # Architecture configs + tokenizers (diffusers folders without weights) for single-file checkpoints.
-    "configs": ("configs",),
-}
 MAX_CACHED_LORAS = 8
 MAX_RESIDENT_VAES = 2
 MAX_RESIDENT_UPSCALE_MODELS = 2
-FILE_EXTENSIONS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
-DIFFUSERS_MARKER = "model_index.json"
-
-
-def is_model_folder(path: Path) -> bool:
-    """A diffusers pipeline folder (model_index.json) or a single diffusers model folder (config.json)."""
-    return (path / DIFFUSERS_MARKER).is_file() or (path / "config.json").is_file()
-
-
 class ModelStore:
     def __init__(self, roots: list[Path], cache_dir: Path, device: torch.device, dtype: torch.dtype,
                  max_resident: int = 2, on_load: Callable[[Checkpoint], None] | None = None,
@@ -71,19 +53,11 @@ class ModelStore:
         self.load_seconds: dict[str, float] = {}
 
     def _folders(self, kind: str) -> list[Path]:
-        folders = [root / name for root in self.roots for name in FOLDERS[kind]]
-        folders.append(self.cache_dir / kind)  # where the built-in tiny checkpoint is written
-        return folders
+        return kind_folders(self.roots, self.cache_dir, kind)
 
     def list(self, kind: str) -> list[str]:
         """Names a workflow may use for `kind`: files relative to the folder, and diffusers folders."""
-        names: set[str] = set()
-        for folder in self._folders(kind):
-            if folder.is_dir():
-                names.update(_scan(folder))
-        if kind == "checkpoints":
-            names.add(TINY_NAME)
-        return sorted(names)
+        return list_names(self.roots, self.cache_dir, kind)
 
     def resolve(self, kind: str, name: str) -> Path:
         problem = relative_name_problem(name)
@@ -201,7 +175,7 @@ class ModelStore:
 
         def load() -> Vae:
             dtype = vae_dtype_for("any", self.dtype)
-            module = load_vae_file(self.resolve("vae", name), self.config_dirs(), dtype)
+            module = load_vae_file(self.resolve("vae", name), self.config_dirs(), dtype, self.device)
             module.to(self.device).eval().requires_grad_(False)
             return Vae(model=module, device=self.device, dtype=dtype,
                        scale=float(module.config.get("scaling_factor", 0.18215)),
@@ -246,32 +220,9 @@ class ModelStore:
         found = []
         for folder in self._folders("configs"):
             if folder.is_dir():
-                found += [folder / name for name in sorted(_scan(folder)) if (folder / name).is_dir()]
+                found += [folder / name for name in sorted(scan(folder)) if (folder / name).is_dir()]
         return found
 
     def resident(self) -> list[str]:
         with self._lock:
             return list(self._resident)
-
-
-def _scan(folder: Path) -> set[str]:
-    """Model files below `folder`, and folders holding a diffusers model (not descended into)."""
-    found: set[str] = set()
-    stack = [folder]
-    while stack:
-        current = stack.pop()
-        try:
-            entries = list(current.iterdir())
-        except OSError:
-            continue
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            if entry.is_dir():
-                if is_model_folder(entry):
-                    found.add(entry.relative_to(folder).as_posix())
-                else:
-                    stack.append(entry)
-            elif entry.suffix.lower() in FILE_EXTENSIONS:
-                found.add(entry.relative_to(folder).as_posix())
-    return found

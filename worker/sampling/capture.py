@@ -1,19 +1,21 @@
-"""The denoiser runner: the UNet called eagerly, or replayed from a CUDA graph captured per input signature.
+"""The denoiser runner: the UNet replayed from a CUDA graph captured per input signature, or called eagerly.
 
 SDXL-size steps are CPU-launch-bound on RunPod's hosts (REFERENCE section 5: 78.7 ms eager vs 43.8 ms for
 the same model replayed from a CUDA graph). A graph is captured on first use for each (shapes, dtypes,
 device) of the UNet's inputs, with static input buffers; later calls copy their inputs in and replay it.
-Anything that cannot be captured falls back to eager, logged once per signature, so a job never fails for
-it. LoRA merging writes into the weights in place, which a graph sees (it reads the same storage).
+Each capture is checked before it is used: its replay must match the eager output of the same inputs
+(TOLERANCE, relative to the output's scale). Anything that cannot be captured, or does not match, falls
+back to eager, logged once per signature, so a job never fails for it. LoRA merging writes into the weights
+in place, which a graph sees (it reads the same storage).
 
-Modes (DENOISER_CAPTURE): "off" (eager), "cuda_graph", "compile" (torch.compile with reduce-overhead;
-Inductor's own on-disk cache keeps compiled code between cold starts when TORCHINDUCTOR_CACHE_DIR points to
-a persistent folder, e.g. the network volume).
+Modes (DENOISER_CAPTURE): "cuda_graph" (the default; eager on a CPU), "off" (eager), "compile"
+(torch.compile with reduce-overhead; compiled code is cached on disk, see worker/sampling/compile_cache.py).
 """
 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -21,28 +23,53 @@ import torch
 
 log = logging.getLogger(__name__)
 
-MODES = ("off", "cuda_graph", "compile")
+MODES = ("cuda_graph", "off", "compile")
 Replay = Callable[..., torch.Tensor]
+# Largest allowed |replay - eager| relative to max |eager|. The replay runs the same kernels on the same
+# inputs, so it is normally exact; the margin admits kernels whose reduction order is not fixed.
+TOLERANCE = {torch.float16: 1e-2, torch.bfloat16: 2e-2, torch.float32: 1e-4}
+MAX_GRAPHS = 8  # input signatures kept captured per model; the least recently used is dropped
+# A signature is captured on its second call: a shape used once (e.g. an odd area crop) never pays for a
+# capture, and every sampler step after the first replays.
+CAPTURE_ON_CALL = 2
+
+
+class CaptureMismatch(RuntimeError):
+    """A captured graph's replay differs from eager beyond TOLERANCE."""
 
 
 def _signature(*tensors: torch.Tensor | None) -> tuple[Any, ...]:
     return tuple(None if t is None else (tuple(t.shape), t.dtype, t.device) for t in tensors)
 
 
-def capture_cuda_graph(eager: Callable[..., torch.Tensor], inputs: list[torch.Tensor | None]) -> Replay:
-    """Warm up on a side stream (as PyTorch's CUDA-graph notes require), capture one call, and return a
-    function that copies new inputs into the static buffers, replays, and returns a copy of the output
-    (samplers keep earlier predictions, which the next replay would overwrite)."""
+def check_replay(replayed: torch.Tensor, eager: torch.Tensor) -> None:
+    """Raise CaptureMismatch unless `replayed` equals `eager` within TOLERANCE for its dtype."""
+    scale = max(float(eager.abs().max()), 1e-6)
+    error = float((replayed.float() - eager.float()).abs().max()) / scale
+    if not error <= TOLERANCE.get(eager.dtype, 1e-2):  # also catches NaN
+        raise CaptureMismatch(f"replay differs from eager by {error:.2e} of the output's scale")
+
+
+def capture_cuda_graph(
+    eager: Callable[..., torch.Tensor], inputs: list[torch.Tensor | None], pool: Any = None
+) -> Replay:
+    """Warm up on a side stream (as PyTorch's CUDA-graph notes require), capture one call, check one replay
+    against the warm-up's eager output, and return a function that copies new inputs into the static buffers,
+    replays, and returns a copy of the output (samplers keep earlier predictions, which the next replay would
+    overwrite; graphs of one model share `pool`, so another graph's replay may, too)."""
     static = [None if t is None else t.clone() for t in inputs]
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         for _ in range(2):
-            eager(*static)
+            reference = eager(*static)
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    # thread_local: other threads (health checks, output encoding) may still call CUDA while this one captures.
+    with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
         output = eager(*static)
+    graph.replay()
+    check_replay(output, reference)
 
     def replay(*new: torch.Tensor | None) -> torch.Tensor:
         for buffer, value in zip(static, new, strict=True):
@@ -62,18 +89,35 @@ class UNetRunner:
         self,
         unet: Any,
         mode: str = "off",
-        capture: Callable[[Callable[..., torch.Tensor], list[torch.Tensor | None]], Replay] = capture_cuda_graph,
+        capture: Callable[[Callable[..., torch.Tensor], list[torch.Tensor | None]], Replay] | None = None,
         eligible: Callable[[torch.Tensor], bool] = lambda sample: sample.device.type == "cuda",
+        max_graphs: int = MAX_GRAPHS,
     ):
         if mode not in MODES:
             raise ValueError(f"unknown capture mode {mode!r}; expected one of {', '.join(MODES)}")
         self.unet = unet
         self.mode = mode
-        self.capture = capture
+        self.capture = capture or self._capture
         self.eligible = eligible
-        self.replays: dict[tuple[Any, ...], Replay] = {}
+        self.max_graphs = max_graphs
+        self.replays: OrderedDict[tuple[Any, ...], Replay] = OrderedDict()
         self.failed: set[tuple[Any, ...]] = set()
+        self.calls: dict[tuple[Any, ...], int] = {}
         self._compiled: Callable[..., Any] | None = None
+        self._pool: Any = None
+
+    def _capture(self, eager: Callable[..., torch.Tensor], inputs: list[torch.Tensor | None]) -> Replay:
+        # One memory pool for all of this model's graphs: they never run at once (one job at a time) and
+        # each output is copied out, so the activations of several resolutions need not add up.
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        return capture_cuda_graph(eager, inputs, self._pool)
+
+    def _count(self, key: tuple[Any, ...]) -> int:
+        if len(self.calls) > 64 * self.max_graphs:  # many one-off shapes: forget them
+            self.calls.clear()
+        self.calls[key] = self.calls.get(key, 0) + 1
+        return self.calls[key]
 
     def _eager(self, sample, timestep, context, text_embeds=None, time_ids=None) -> torch.Tensor:
         added = None if text_embeds is None else {"text_embeds": text_embeds, "time_ids": time_ids}
@@ -96,11 +140,19 @@ class UNetRunner:
             return self._compiled(*inputs)
         key = _signature(*inputs)
         replay = self.replays.get(key)
-        if replay is None and key not in self.failed:
+        if replay is not None:
+            self.replays.move_to_end(key)
+        elif key not in self.failed and self._count(key) >= CAPTURE_ON_CALL:
             try:
-                replay = self.replays[key] = self.capture(self._eager, inputs)
-            except Exception as exc:  # e.g. an op that cannot be captured: eager still works
+                replay = self.capture(self._eager, inputs)
+            except Exception as exc:  # an op that cannot be captured, or a mismatch: eager still works
                 self.failed.add(key)
                 log.warning("denoiser capture failed for inputs %s (%s: %s); running it eagerly",
                             [s[0] if s else None for s in key], type(exc).__name__, exc)
+            else:
+                self.replays[key] = replay
+                if len(self.replays) > self.max_graphs:
+                    self.replays.popitem(last=False)
+                log.info("denoiser captured for inputs %s (%d graphs)", [s[0] if s else None for s in key],
+                         len(self.replays))
         return self._eager(*inputs) if replay is None else replay(*inputs)
