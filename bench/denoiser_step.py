@@ -13,6 +13,7 @@ difference to diffusers' default processor, relative to its scale.
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--kernels-dir", type=Path, default=None)
     parser.add_argument("--iters", type=int, default=None)
+    parser.add_argument("--plot", type=Path, default=None, help="also write a PNG bar chart of ms/step here")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile (minutes for SDXL)")
     args = parser.parse_args(argv)
     device = pick_device(args.device, args.tiny)
     model = args.model or ("tiny" if args.tiny else "sd15")
@@ -111,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
         except Exception as exc:
             rows.append((name, None, f"{type(exc).__name__}: {exc}".splitlines()[0][:70]))
     uninstall(unet)
-    capture_rows = capture_table(unet, kwargs, step, device, iters)
+    capture_rows = capture_table(unet, kwargs, step, device, iters, args.compile)
     fastest = min((ms for _, ms, _ in rows if ms is not None), default=None)
     print(f"{'backend':<15} {'ms/step':>10} {'vs fastest':>10} {'diff':>8}")
     for name, ms, note in rows:
@@ -122,24 +125,81 @@ def main(argv: list[str] | None = None) -> None:
 
     for line in capture_rows:
         print(line)
+    if args.plot is not None:
+        plot(args.plot, rows, capture_rows, f"{model} UNet step, {describe(device, dtype).removeprefix('device: ')}")
 
 
-def capture_table(unet: Any, kwargs: dict[str, Any], step: Any, device: torch.device, iters: int) -> list[str]:
-    """Eager vs the worker's CUDA-graph runner (worker/sampling/capture.py), default attention."""
+def plot(path: Path, rows: list[tuple[str, float | None, str]], capture_rows: list[str], title: str) -> None:
+    """Bar chart of the table's ms/step: each backend eager, plus the CUDA-graph runner when it ran."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: files only
+    import matplotlib.pyplot as plt
+
+    bars = [(name, ms) for name, ms, _ in rows if ms is not None]
+    # capture_table's rows: "<runner> <ms> <ratio>x ..." after its header; absent on a CPU.
+    bars += [(f"{parts[0]} (runner)", float(parts[1])) for line in capture_rows[1:]
+             if len(parts := line.split()) > 1 and parts[0] in ("eager", "cuda_graph", "compile")]
+    bars += [("gpu kernels", float(line.split()[2])) for line in capture_rows if line.startswith("gpu kernels")]
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(bars)), 4.5))
+    colors = ["tab:orange" if name.endswith("(runner)") else "tab:gray" if name == "gpu kernels" else "tab:blue"
+              for name, _ in bars]
+    drawn = ax.bar([name for name, _ in bars], [ms for _, ms in bars], color=colors)
+    ax.bar_label(drawn, fmt="%.2f")
+    ax.set_ylabel("ms per step (CFG batch 2)")
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(axis="x", labelrotation=30)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    print(f"plot: {path}")
+
+
+def kernel_ms(step: Any, iters: int) -> float:
+    """GPU time of one step's kernels alone (the profiler's device time, summed): the floor a step could reach
+    if launching them cost nothing."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.inference_mode(), profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            step()
+        torch.cuda.synchronize()
+    total_us = sum(event.self_device_time_total for event in prof.key_averages()
+                   if event.device_type == DeviceType.CUDA)
+    return total_us / 1000 / iters if total_us else float("nan")
+
+
+def capture_table(unet: Any, kwargs: dict[str, Any], step: Any, device: torch.device, iters: int,
+                  compile_too: bool = False) -> list[str]:
+    """Eager vs the worker's runners (worker/sampling/capture.py), default attention, next to the GPU time of
+    the step's kernels: how much of a step is launch overhead, and how much capture removes."""
     if device.type != "cuda":
         return ["capture: CUDA graphs need a GPU; on the CPU the runner runs eagerly"]
-    runner = UNetRunner(unet, "cuda_graph")
     inputs = (kwargs["sample"], kwargs["timestep"], kwargs["encoder_hidden_states"], kwargs.get("added_cond_kwargs"))
     with torch.inference_mode():
-        eager_ms = time_ms(step, device, 3, iters)
-        graph_ms = time_ms(lambda: runner(*inputs), device, 3, iters)
-        diff = float((runner(*inputs).float() - step().float()).abs().max())
-    state = "failed, eager" if runner.failed else "replayed"
-    return [
-        f"{'runner':<15} {'ms/step':>10} {'vs eager':>10}",
-        f"{'eager':<15} {eager_ms:10.2f} {1.0:9.2f}x",
-        f"{'cuda_graph':<15} {graph_ms:10.2f} {graph_ms / eager_ms:9.2f}x  ({state}; max diff {diff:.1e})",
-    ]
+        reference = step().float()
+        floor = kernel_ms(step, min(iters, 5))
+        timed = [("eager", time_ms(step, device, 3, iters), "")]
+        modes = ["cuda_graph", *(["compile"] if compile_too else [])]
+        for mode in modes:
+            runner = UNetRunner(unet, mode)
+            started = time.perf_counter()
+            out = runner(*inputs)
+            out = runner(*inputs)  # cuda_graph captures on the second call of a shape
+            torch.cuda.synchronize()
+            setup_s = time.perf_counter() - started
+            diff = float((out.float() - reference).abs().max() / reference.abs().max())
+            state = "failed, eager" if runner.failed else f"set-up {setup_s:.1f}s"
+            timed.append((mode, time_ms(lambda runner=runner: runner(*inputs), device, 3, iters),
+                          f"({state}; diff {diff:.1e})"))
+    eager_ms = timed[0][1]
+    lines = [f"{'runner':<15} {'ms/step':>10} {'vs eager':>10} {'vs kernels':>11}",
+             f"{'gpu kernels':<15} {floor:10.2f} {floor / eager_ms:9.2f}x {1.0:10.2f}x  (profiler device time)"]
+    for mode, ms, note in timed:
+        lines.append(f"{mode:<15} {ms:10.2f} {ms / eager_ms:9.2f}x {ms / floor:10.2f}x  {note}".rstrip())
+    return lines
 
 
 if __name__ == "__main__":
