@@ -71,9 +71,13 @@ def load_image(data: bytes) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack(images), torch.stack(masks)
 
 
-def to_uint8(image: torch.Tensor) -> np.ndarray:
-    """One IMAGE item [H, W, C] in 0..1 to uint8, truncating as ComfyUI's SaveImage does."""
-    return np.clip(255.0 * image.cpu().numpy(), 0, 255).astype(np.uint8)
+def to_uint8(image: torch.Tensor | np.ndarray) -> np.ndarray:
+    """One IMAGE item [H, W, C] in 0..1 to uint8, truncating as ComfyUI's SaveImage does (uint8 passes)."""
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8:
+        return image
+    # torch's kernels use every core where numpy's use one: ~1 ms instead of ~8 ms for 1024x1024.
+    tensor = torch.as_tensor(image).detach().cpu().float()
+    return (tensor * 255.0).clamp_(0, 255).to(torch.uint8).numpy()
 
 
 def encode_png(pixels: np.ndarray, text: dict[str, Any] | None = None, compress_level: int = 4) -> bytes:

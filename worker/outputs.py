@@ -25,7 +25,7 @@ from worker.config import Settings, StorageSettings
 from worker.contract import OutputOptions, output_item, success
 from worker.engine import SavedImage
 from worker.errors import UserError
-from worker.imaging import FORMATS, encode_image
+from worker.imaging import FORMATS, encode_image, to_uint8
 from worker.storage import OutputFile, Store, Uploaded, store_for
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def encode(image: SavedImage, workflow: dict[str, Any], options: OutputOptions) 
     extension, content_type = FORMATS[options.format]
     filename = str(PurePosixPath(image.filename).with_suffix(extension))
     name = f"{image.subfolder}/{filename}" if image.subfolder else filename
-    return OutputFile(name=name, data=encode_image(image.pixels, options.format, options.quality, text),
+    return OutputFile(name=name, data=encode_image(to_uint8(image.pixels), options.format, options.quality, text),
                       content_type=content_type)
 
 

@@ -43,3 +43,14 @@ def test_fast_path_is_taken() -> None:
 def test_no_text_no_chunks() -> None:
     image = Image.open(io.BytesIO(imaging.encode_png(gradient())))
     assert image.text == {}
+
+
+def test_to_uint8_truncates_and_clips_as_comfyui_saves() -> None:
+    import torch
+
+    from worker.imaging import to_uint8
+
+    image = torch.rand(33, 17, 3, generator=torch.Generator().manual_seed(3)) * 1.4 - 0.2  # some out of range
+    expected = np.clip(255.0 * image.numpy(), 0, 255).astype(np.uint8)  # ComfyUI's SaveImage
+    assert np.array_equal(to_uint8(image), expected)
+    assert to_uint8(expected) is expected  # already uint8: passed through

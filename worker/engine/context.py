@@ -49,7 +49,7 @@ class SavedImage:
     node_id: str
     filename: str  # e.g. ComfyUI_00001_.png
     subfolder: str
-    pixels: Any  # numpy uint8 array (H, W, C)
+    pixels: Any  # IMAGE item [H, W, C] in 0..1 (converted to uint8 in the output thread) or a uint8 array
 
 
 @dataclass

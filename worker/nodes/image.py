@@ -11,7 +11,7 @@ from PIL import Image, ImageOps
 
 from worker.engine import ExecutionContext, Input, SavedImage, node
 from worker.errors import UserError
-from worker.imaging import load_image, to_uint8
+from worker.imaging import load_image
 from worker.names import relative_name_problem
 from worker.nodes.resample import CROP_METHODS, IMAGE_METHODS, resize
 
@@ -66,7 +66,7 @@ def save_image(ctx: ExecutionContext, images: torch.Tensor, filename_prefix: str
         counter = ctx.next_counter(f"{folder}/{name}")
         ctx.save(
             SavedImage(node_id=ctx.node_id, filename=f"{name}_{counter:05}_.png", subfolder=folder,
-                       pixels=to_uint8(image))
+                       pixels=image)
         )
     return ()
 
