@@ -3,6 +3,10 @@ so start-up can plan its reads before the heavy imports (worker/prefetch.py)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
+import time
 from pathlib import Path
 
 from worker.config import ConfigError, Settings
@@ -43,27 +47,79 @@ def list_names(roots: list[Path], cache_dir: Path, kind: str) -> list[str]:
     return sorted(names)
 
 
-def scan(folder: Path) -> set[str]:
-    """Model files below `folder`, and folders holding a diffusers model (not descended into)."""
+def _walk(folder: Path) -> tuple[set[str], dict[str, int]]:
+    """Model files below `folder` and folders holding a diffusers model (not descended into), plus the
+    modification time of every directory looked at. Each mtime is read before its directory is listed, so
+    a change during the walk shows as a different mtime at the next check."""
     found: set[str] = set()
-    stack = [folder]
+    mtimes: dict[str, int] = {}
+    stack = [str(folder)]
     while stack:
         current = stack.pop()
         try:
-            entries = list(current.iterdir())
+            mtimes[current] = os.stat(current).st_mtime_ns
+            with os.scandir(current) as listing:  # file types come with the listing: no stat per file
+                entries = list(listing)
         except OSError:
             continue
         for entry in entries:
             if entry.name.startswith("."):
                 continue
             if entry.is_dir():
-                if is_model_folder(entry):
-                    found.add(entry.relative_to(folder).as_posix())
+                if is_model_folder(Path(entry.path)):
+                    found.add(Path(entry.path).relative_to(folder).as_posix())
+                    with contextlib.suppress(OSError):  # losing its model_index.json changes what it is
+                        mtimes[entry.path] = entry.stat().st_mtime_ns
                 else:
-                    stack.append(entry)
-            elif entry.suffix.lower() in FILE_EXTENSIONS:
-                found.add(entry.relative_to(folder).as_posix())
-    return found
+                    stack.append(entry.path)
+            elif os.path.splitext(entry.name)[1].lower() in FILE_EXTENSIONS:
+                found.add(Path(entry.path).relative_to(folder).as_posix())
+    return found, mtimes
+
+
+class FolderIndex:
+    """What scan() found per folder, reused while no directory under it changed.
+
+    Every job's validation lists the model folders it names; on a network volume holding thousands of
+    files, listing them costs more than the job's other overhead. Adding or removing a file changes its
+    directory's mtime, adding or removing a folder its parent's, so checking the cache costs one stat per
+    directory. A directory whose mtime is within `settle_s` of the scan is not trusted (file systems with
+    coarse timestamps could hide a second change in the same tick) and is listed again.
+    """
+
+    def __init__(self, settle_s: float = 2.0):
+        self.settle_ns = int(settle_s * 1e9)
+        self._lock = threading.Lock()
+        self._entries: dict[Path, tuple[set[str], dict[str, int], int]] = {}
+
+    def _fresh(self, mtimes: dict[str, int], scanned_ns: int) -> bool:
+        for directory, recorded in mtimes.items():
+            try:
+                if os.stat(directory).st_mtime_ns != recorded or recorded > scanned_ns - self.settle_ns:
+                    return False
+            except OSError:
+                return False
+        return True
+
+    def scan(self, folder: Path) -> set[str]:
+        with self._lock:
+            cached = self._entries.get(folder)
+        if cached is not None and self._fresh(cached[1], cached[2]):
+            return set(cached[0])
+        scanned_ns = time.time_ns()
+        found, mtimes = _walk(folder)
+        if mtimes:  # a folder that could not be read is looked at again next time
+            with self._lock:
+                self._entries[folder] = (found, mtimes, scanned_ns)
+        return set(found)
+
+
+INDEX = FolderIndex()
+
+
+def scan(folder: Path) -> set[str]:
+    """Model files below `folder`, and folders holding a diffusers model (not descended into)."""
+    return INDEX.scan(folder)
 
 
 def preload_names(settings: Settings, available: list[str]) -> list[str]:
