@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from worker.errors import UserError
+from worker.models import text_cache
 from worker.models.prompt import parse_weights
 from worker.models.sd import Cond, TextEncoder
 
@@ -195,6 +196,9 @@ class T5Encoder:
     min_length: int = T5_MIN_LENGTH
 
     def encode(self, text: str) -> Cond:
+        return text_cache.cached(self.model, (text, self.min_length), lambda: self._encode(text))
+
+    def _encode(self, text: str) -> Cond:
         tokens: list[tuple[int, float]] = []
         for segment, weight in parse_weights(text):
             for word in segment.replace("\n", " ").split(" "):

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from worker.errors import UserError
-from worker.models import lora
+from worker.models import lora, text_cache
 from worker.models.prompt import chunk_words, parse_weights
 from worker.sampling.capture import UNetRunner
 from worker.sampling.schedule import DiscreteSchedule
@@ -134,6 +134,10 @@ class TextEncoder:
         return words
 
     def encode(self, text: str) -> Cond:
+        key = (text, self.layer, self.norm_hidden, self.chunk_len, text_cache.patches_key(self.patches))
+        return text_cache.cached(self.model, key, lambda: self._encode(text))
+
+    def _encode(self, text: str) -> Cond:
         bos, eos = self.tokenizer.bos_token_id, self.tokenizer.eos_token_id
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
         chunks = chunk_words(self._words(text), chunk_len=self.chunk_len - 2)
