@@ -21,7 +21,6 @@ from typing import Any
 import torch
 
 from worker.errors import UserError
-from worker.models.ldm_names import unet_ldm_name
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +91,9 @@ def _index(module: torch.nn.Module, unet_config: dict[str, Any] | None) -> dict[
     (LDM) UNet names, with and without transformers' 'text_model' wrapper for CLIP."""
     if module in _INDEXES:
         return _INDEXES[module]
+    # diffusers' single-file name tables import ~2 s of modules; a worker that never applies a LoRA skips them.
+    from worker.models.ldm_names import unet_ldm_name
+
     index: dict[str, torch.nn.Module] = {}
     for name, layer in module.named_modules():
         if not isinstance(getattr(layer, "weight", None), torch.Tensor) or not name:
