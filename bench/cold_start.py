@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> None:
     for r in runs:
         if "worker_ready" in r.boot:
             print(f"{r.label}: the worker logged ready {r.boot['worker_ready']:.2f}s after process start "
-                  f"(psutil create_time, whole-second boot-time resolution); measured here {r.boot['ready']:.2f}s")
+                  f"(its own clock: /proc start time vs uptime); measured here {r.boot['ready']:.2f}s")
 
 
 if __name__ == "__main__":
