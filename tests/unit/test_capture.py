@@ -212,3 +212,22 @@ def test_native_warm_up_size_is_the_model_training_size(runtime) -> None:
     side = model.unet.config.sample_size * model.vae_factor
     assert native_size(model, 4096) == (side, side)
     assert native_size(model, 48) == (64, 64)  # never below 64 px
+
+
+def test_out_of_memory_while_capturing_drops_the_graphs(unet, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Graph pools hold activation memory; when a capture runs out, the job gets that memory back."""
+    emptied: list[int] = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(1))
+
+    def capture(fn, args):
+        if args[0].shape[2] == 16:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return fn
+
+    runner = UNetRunner(unet, "cuda_graph", capture=capture, eligible=lambda sample: True)
+    _, timestep, context = inputs()
+    with torch.inference_mode():
+        for side in (8, 8, 16, 16):
+            out = runner(torch.zeros(2, 4, side, 8), timestep, context)
+    assert out.shape == (2, 4, 16, 8)  # the step itself ran eagerly
+    assert not runner.replays and emptied == [1]

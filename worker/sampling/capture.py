@@ -147,6 +147,10 @@ class UNetRunner:
                 replay = self.capture(self._eager, inputs)
             except Exception as exc:  # an op that cannot be captured, or a mismatch: eager still works
                 self.failed.add(key)
+                if isinstance(exc, torch.OutOfMemoryError):  # the graphs' memory is better left to the job
+                    self.replays.clear()
+                    self._pool = None
+                    torch.cuda.empty_cache()
                 log.warning("denoiser capture failed for inputs %s (%s: %s); running it eagerly",
                             [s[0] if s else None for s in key], type(exc).__name__, exc)
             else:
