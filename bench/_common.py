@@ -228,3 +228,4 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
         return "  ".join([f"{first:<{widths[0]}}", *(f"{cell:>{w}}" for cell, w in zip(rest, widths[1:], strict=True))])
 
     return [line(header), *(line(row) for row in rows)]
+

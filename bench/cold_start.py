@@ -34,8 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _args import add_model_arguments
+
 REPO = Path(__file__).resolve().parents[1]
-MODELS = ("tiny", "sd15", "sdxl")
 DROP_CACHES = Path("/proc/sys/vm/drop_caches")
 
 
@@ -276,12 +277,7 @@ def print_table(runs: list[Run]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=MODELS, default="tiny")
-    parser.add_argument("--work-dir", type=Path, default=None,
-                        help="where the checkpoint is written once (default .cache/bench/cold_start/<model>)")
-    parser.add_argument("--device", default="auto", help="WORKER_DEVICE for the worker (auto, cpu, cuda)")
-    parser.add_argument("--steps", type=int, default=None, help="default 30 (sd15, sdxl), 20 (tiny)")
-    parser.add_argument("--side", type=int, default=None, help="image side; default the model's native size")
+    add_model_arguments(parser)
     parser.add_argument("--warm", action="store_true", help="only the warm-cache run: no eviction")
     parser.add_argument("--evict", choices=("auto", "drop_caches", "fadvise"), default="auto",
                         help="auto: drop_caches when writable (root), else posix_fadvise per file")

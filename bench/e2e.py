@@ -23,12 +23,11 @@ import logging
 import statistics
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
+from _args import add_model_arguments
 from _common import DEFAULT_STEPS, NATIVE_SIDE, REPO, bench_checkpoint, describe, table, txt2img_workflow
 
-MODELS = ("tiny", "sd15", "sdxl")
 BUCKET = "bench-outputs"
 # Order of the table's rows; stages a newer worker adds are appended.
 STAGE_ORDER = ("load", "text_encode", "sampling", "decode", "encode", "upload", "deliver", "other")
@@ -110,12 +109,7 @@ def report(label: str, jobs: list[tuple[float, dict[str, Any]]], roles: dict[str
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=MODELS, default="tiny")
-    parser.add_argument("--work-dir", type=Path, default=None,
-                        help="where the checkpoint is written once (default .cache/bench/cold_start/<model>)")
-    parser.add_argument("--device", default="auto", help="WORKER_DEVICE (auto, cpu, cuda)")
-    parser.add_argument("--steps", type=int, default=None, help="default 30 (sd15, sdxl), 20 (tiny)")
-    parser.add_argument("--side", type=int, default=None, help="image side; default the model's native size")
+    add_model_arguments(parser)
     parser.add_argument("--batch", type=int, default=1, help="EmptyLatentImage batch_size")
     parser.add_argument("--branches", "--images", type=int, default=1,
                         help="independent KSampler -> VAEDecode -> SaveImage chains")
