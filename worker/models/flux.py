@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from worker.errors import UserError
-from worker.models import text_cache
+from worker.models import lora, text_cache
 from worker.models.prompt import parse_weights
 from worker.models.sd import Cond, TextEncoder
 
@@ -112,12 +112,17 @@ class FluxDenoiser:
     default_guidance: float | None = DEFAULT_GUIDANCE  # None: the model has no guidance input
     vae_factor: int = 8
     patch: int = 2
+    # LoRAs (file, strength) merged into the transformer while a sampler runs.
+    patches: tuple[tuple[lora.LoraFile, float], ...] = ()
 
-    def with_lora(self, file: Any, strength: float) -> FluxDenoiser:
-        raise UserError("LoRAs on Flux models are not supported yet")
+    def with_lora(self, file: lora.LoraFile, strength: float) -> FluxDenoiser:
+        if lora.matched(self.transformer, "transformer", file, None) == 0:
+            raise UserError(f"LoRA {file.name!r} matches no layer of this {self.family} model")
+        return replace(self, patches=(*self.patches, (file, strength)))
 
     def patched(self) -> contextlib.AbstractContextManager[None]:
-        return contextlib.nullcontext()
+        """The transformer with this MODEL's LoRAs merged in, restored on exit."""
+        return lora.applied(self.transformer, "transformer", self.patches)
 
     # ComfyUI's latent format and CONST noise scaling.
     def process_in(self, latent: torch.Tensor) -> torch.Tensor:
@@ -233,11 +238,11 @@ class FluxTextEncoder:
     def with_layer(self, layer: int) -> FluxTextEncoder:
         return replace(self, clip_l=self.clip_l.with_layer(layer))
 
-    def lora_matches(self, file: Any) -> int:
-        return 0
+    def lora_matches(self, file: lora.LoraFile) -> int:
+        return self.clip_l.lora_matches(file)  # Flux LoRAs train CLIP-L at most, never T5
 
-    def with_lora(self, file: Any, strength: float) -> FluxTextEncoder:
-        raise UserError("LoRAs on Flux text encoders are not supported yet")
+    def with_lora(self, file: lora.LoraFile, strength: float) -> FluxTextEncoder:
+        return replace(self, clip_l=self.clip_l.with_lora(file, strength))
 
     def encode_pair(self, clip_l_text: str, t5_text: str) -> Cond:
         return Cond(embeds=self.t5.encode(t5_text).embeds, pooled=self.clip_l.encode(clip_l_text).pooled)

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 # component -> the prefixes that address it
 PREFIXES = {
     "unet": ("lora_unet_", "unet."),
+    "transformer": ("transformer.",),  # Flux, after worker/models/flux_lora.py
     "te1": ("lora_te_", "lora_te1_", "text_encoder."),
     "te2": ("lora_te2_", "text_encoder_2."),
 }
@@ -44,6 +45,10 @@ class LoraFile:
 
     @classmethod
     def from_state_dict(cls, name: str, state: dict[str, torch.Tensor]) -> LoraFile:
+        from worker.models.flux_lora import flux_lora_state, is_flux_lora
+
+        if is_flux_lora(state):
+            state = flux_lora_state(name, state)
         lora = cls(name)
         for key, value in state.items():
             suffix = next((s for s in _SUFFIXES if key.endswith(s)), None)
@@ -57,13 +62,14 @@ class LoraFile:
                     parts[_SUFFIXES[suffix]] = value
                     break
         if not any(t for t in lora.targets.values()):
-            raise UserError(f"LoRA {name!r} holds no LoRA weights in a known format (kohya or diffusers/PEFT)")
+            raise UserError(f"LoRA {name!r} holds no LoRA weights in a known format (kohya or diffusers/PEFT; "
+                            "for Flux also XLabs and ComfyUI's)")
         return lora
 
 
-def delta(parts: dict[str, torch.Tensor], shape: torch.Size) -> torch.Tensor:
-    """The weight change of one layer, in float32, before the user's strength."""
-    down, up = parts["down"].float(), parts["up"].float()
+def delta(parts: dict[str, torch.Tensor], shape: torch.Size, device: torch.device | None = None) -> torch.Tensor:
+    """The weight change of one layer, in float32, before the user's strength, computed on `device`."""
+    down, up = parts["down"].to(device).float(), parts["up"].to(device).float()
     rank = down.shape[0]
     scale = float(parts["alpha"]) / rank if "alpha" in parts else 1.0
     change = up.flatten(1) @ down.flatten(1)  # also covers 1x1 and kxk convolutions (LoCon)
@@ -118,6 +124,21 @@ def matched(module: torch.nn.Module, component: str, lora: LoraFile, unet_config
                if target in index and _fits(parts, index[target]))
 
 
+def _backup_device(
+    module: torch.nn.Module, index: dict[str, torch.nn.Module], patches: tuple[tuple[LoraFile, float], ...],
+    component: str,
+) -> torch.device | None:
+    """Where the original weights wait while a LoRA is merged: beside them (None) when they take less than half
+    the free device memory, else the CPU (a Flux LoRA over every layer would double a 24 GB transformer)."""
+    weight = next(module.parameters(), None)
+    if weight is None or weight.device.type != "cuda":
+        return None
+    layers = {index[t] for lora, _ in patches for t in lora.targets.get(component, {}) if t in index}
+    size = sum(layer.weight.numel() * layer.weight.element_size() for layer in layers)
+    free, _ = torch.cuda.mem_get_info(weight.device)
+    return None if 2 * size < free else torch.device("cpu")
+
+
 @contextlib.contextmanager
 def applied(
     module: torch.nn.Module,
@@ -131,6 +152,7 @@ def applied(
         return
     index = _index(module, unet_config)
     backups: dict[torch.nn.Module, torch.Tensor] = {}
+    keep_on = _backup_device(module, index, patches, component)
     try:
         with torch.no_grad():
             for lora, strength in patches:
@@ -143,8 +165,8 @@ def applied(
                         continue
                     weight = layer.weight
                     if layer not in backups:
-                        backups[layer] = weight.detach().clone()
-                    change = delta(parts, weight.shape).to(weight.device) * strength
+                        backups[layer] = weight.detach().to(keep_on or weight.device, copy=True)
+                    change = delta(parts, weight.shape, weight.device) * strength
                     weight.copy_((weight.float() + change).to(weight.dtype))
                 if missed:
                     log.warning("LoRA %s: %d of %d %s layers match nothing in this model",

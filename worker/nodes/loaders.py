@@ -39,7 +39,7 @@ def lora_loader(
 ) -> tuple[Any, Any]:
     """Apply a LoRA from models/loras to the model and text encoder (merged while they run, then removed)."""
     lora = ctx.models.lora(lora_name)
-    if strength_model != 0 and lora.targets.get("unet"):
+    if strength_model != 0 and (lora.targets.get("unet") or lora.targets.get("transformer")):
         model = model.with_lora(lora, strength_model)  # raises when no layer matches (wrong model family)
     if strength_clip != 0 and (lora.targets.get("te1") or lora.targets.get("te2")):
         clip = clip.with_lora(lora, strength_clip)
