@@ -72,7 +72,10 @@ class Runtime:
             "storage": self.settings.storage.describe(),
             "boot_seconds": {k: round(v, 3) for k, v in self.boot_seconds.items()},
             "attention": self.attention.health() if self.attention is not None else None,
-            "denoiser_capture": self.settings.denoiser_capture if self.device.type == "cuda" else "off (CPU)",
+            "denoiser_capture": {
+                "mode": self.settings.denoiser_capture if self.device.type == "cuda" else "off (CPU)",
+                "checkpoints": self.models.capture_state(),
+            },
             "custom_nodes": (self.custom_nodes.health() if self.custom_nodes is not None
                              else {"dirs": [], "loaded": {}, "failed": {}}),
         }

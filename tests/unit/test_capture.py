@@ -192,9 +192,14 @@ def test_warm_up_captures_the_denoiser_at_each_configured_size(runtime) -> None:
     model.runner = UNetRunner(model.unet, "cuda_graph", capture=fake_capture, eligible=lambda sample: True)
     try:
         warm_up(warm)
+        health = runtime.health()["denoiser_capture"]
     finally:
         model.runner = previous
     assert sorted(set(captured)) == [(2, 4, 8, 8), (2, 4, 8, 12)]
+    assert health["mode"] == "off (CPU)"  # what production does here; this test forced the runner
+    state = health["checkpoints"]["tiny-sd"]
+    assert state["graphs"] == 2 and [2, 4, 8, 12] in [inputs[0] for inputs in state["graph_inputs"]]
+    assert state["eager_after_failure"] == []
 
 
 @pytest.mark.parametrize("raw", ["1024", "1024x", "100x64", "0x0", "axb"])

@@ -226,3 +226,10 @@ class ModelStore:
     def resident(self) -> list[str]:
         with self._lock:
             return list(self._resident)
+
+    def capture_state(self) -> dict[str, dict[str, Any]]:
+        """Per resident checkpoint, what its denoiser runner captured (for /health)."""
+        with self._lock:
+            checkpoints = list(self._resident.items())
+        return {name: checkpoint.model.runner.describe() for name, checkpoint in checkpoints
+                if checkpoint.model.runner is not None}

@@ -113,6 +113,12 @@ class UNetRunner:
             self._pool = torch.cuda.graph_pool_handle()
         return capture_cuda_graph(eager, inputs, self._pool)
 
+    def describe(self) -> dict[str, Any]:
+        """Mode, the input shapes replayed from graphs, and those that run eagerly after a failed capture."""
+        shapes = [[list(s[0]) if s else None for s in key] for key in self.replays]
+        failed = [[list(s[0]) if s else None for s in key] for key in self.failed]
+        return {"mode": self.mode, "graphs": len(shapes), "graph_inputs": shapes, "eager_after_failure": failed}
+
     def _count(self, key: tuple[Any, ...]) -> int:
         if len(self.calls) > 64 * self.max_graphs:  # many one-off shapes: forget them
             self.calls.clear()
