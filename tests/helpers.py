@@ -75,3 +75,13 @@ def b64(data: bytes) -> str:
 def decode_result_image(item: dict[str, str]) -> Image.Image:
     assert item["type"] == "base64"
     return Image.open(io.BytesIO(base64.b64decode(item["data"])))
+
+
+def cpu_runtime(models_root: Any, cache_dir: Any) -> Any:
+    """A worker on the CPU over the test's own model folder, nothing preloaded, up to 4 checkpoints resident."""
+    from worker.config import Settings
+    from worker.runtime import boot
+
+    return boot(Settings.from_env({"MODELS_DIRS": str(models_root), "WORKER_CACHE_DIR": str(cache_dir),
+                                   "PRELOAD_CHECKPOINTS": "none", "WORKER_DEVICE": "cpu",
+                                   "MAX_RESIDENT_CHECKPOINTS": "4"}))

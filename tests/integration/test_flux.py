@@ -10,11 +10,9 @@ import torch
 from safetensors.torch import save_file
 
 from tests.flux_checkpoints import flux_to_bfl, flux_workflow, tiny_flux_transformer, write_tiny_flux
-from tests.helpers import decode_result_image, txt2img
-from worker.config import Settings
+from tests.helpers import cpu_runtime, decode_result_image, txt2img
 from worker.jobs import run_job
 from worker.models.tiny import ensure_tiny_checkpoint
-from worker.runtime import boot
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +31,7 @@ def flux_root(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 
 @pytest.fixture(scope="module")
 def runtime_flux(flux_root: tuple[Path, dict], cache_dir: Path):
-    env = {"MODELS_DIRS": str(flux_root[0]), "WORKER_CACHE_DIR": str(cache_dir), "PRELOAD_CHECKPOINTS": "none",
-           "WORKER_DEVICE": "cpu", "MAX_RESIDENT_CHECKPOINTS": "4"}
-    return boot(Settings.from_env(env))
+    return cpu_runtime(flux_root[0], cache_dir)
 
 
 def run(runtime, **kwargs) -> dict:

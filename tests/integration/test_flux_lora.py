@@ -11,15 +11,13 @@ import torch
 from safetensors.torch import save_file
 
 from tests.flux_checkpoints import flux_workflow, write_tiny_flux
-from tests.helpers import decode_result_image
-from worker.config import Settings
+from tests.helpers import cpu_runtime, decode_result_image
 from worker.errors import UserError
 from worker.jobs import run_job
 from worker.models.flux import flux_transformer_to_diffusers, strip_unet_prefix
 from worker.models.lora import LoraFile
 from worker.models.single_file import read_state_dict
 from worker.models.tiny import ensure_tiny_checkpoint
-from worker.runtime import boot
 
 UNET = "flux-tiny-dev.sft"
 # BFL layers a kohya Flux LoRA trains, including the fused ones (q/k/v; single blocks' q/k/v + MLP input) and
@@ -40,9 +38,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def runtime(root: Path, cache_dir: Path):
-    env = {"MODELS_DIRS": str(root), "WORKER_CACHE_DIR": str(cache_dir), "PRELOAD_CHECKPOINTS": "none",
-           "WORKER_DEVICE": "cpu", "MAX_RESIDENT_CHECKPOINTS": "4"}
-    return boot(Settings.from_env(env))
+    return cpu_runtime(root, cache_dir)
 
 
 def bfl_weights(root: Path) -> dict[str, torch.Tensor]:

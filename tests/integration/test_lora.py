@@ -10,13 +10,11 @@ import torch
 from safetensors.torch import save_file
 
 from tests.checkpoints import build_tiny_sdxl
-from tests.helpers import decode_result_image, txt2img
-from worker.config import Settings
+from tests.helpers import cpu_runtime, decode_result_image, txt2img
 from worker.jobs import run_job
 from worker.models.ldm_names import unet_ldm_name
 from worker.models.lora import LoraFile, delta
 from worker.models.tiny import ensure_tiny_checkpoint
-from worker.runtime import boot
 
 
 def kohya_lora(module: torch.nn.Module, prefix: str, seed: int, rank: int = 4, ldm_config: dict | None = None,
@@ -57,9 +55,7 @@ def lora_runtime(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path):
     xl_context = {k: v for k, v in kohya_lora(xl_unet, "lora_unet_", seed=5).items() if "attn2_to_k" in k}
     save_file(xl_context, str(root / "loras" / "xl-context.safetensors"))
     save_file({"foo.weight": torch.zeros(2)}, str(root / "loras" / "not-a-lora.safetensors"))
-    env = {"MODELS_DIRS": str(root), "WORKER_CACHE_DIR": str(cache_dir), "PRELOAD_CHECKPOINTS": "none",
-           "WORKER_DEVICE": "cpu", "MAX_RESIDENT_CHECKPOINTS": "4"}
-    return boot(Settings.from_env(env))
+    return cpu_runtime(root, cache_dir)
 
 
 def with_lora(lora: str, strength_model: float = 1.0, strength_clip: float = 1.0, **kwargs) -> dict:

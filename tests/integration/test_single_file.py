@@ -9,11 +9,9 @@ import torch
 from safetensors.torch import save_file
 
 from tests.checkpoints import build_tiny_sdxl, write_sd1_single_file, write_sdxl_single_file
-from tests.helpers import decode_result_image, txt2img
-from worker.config import Settings
+from tests.helpers import cpu_runtime, decode_result_image, txt2img
 from worker.jobs import run_job
 from worker.models.tiny import ensure_tiny_checkpoint
-from worker.runtime import boot
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +41,7 @@ def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def runtime_sf(models_root: Path, cache_dir: Path):
-    env = {"MODELS_DIRS": str(models_root), "WORKER_CACHE_DIR": str(cache_dir), "PRELOAD_CHECKPOINTS": "none",
-           "WORKER_DEVICE": "cpu", "MAX_RESIDENT_CHECKPOINTS": "4"}
-    return boot(Settings.from_env(env))
+    return cpu_runtime(models_root, cache_dir)
 
 
 def job(**kwargs) -> dict:
