@@ -147,12 +147,12 @@ def test_missing_config_folder_is_named(runtime_flux) -> None:
     assert "tiny-flux" in error and "flux-schnell" in error
 
 
-def test_sde_samplers_are_refused_for_flux_and_euler_ancestral_is_seeded(runtime_flux) -> None:
-    error = run(runtime_flux, sampler="dpmpp_2m_sde")["error"]
-    assert "dpmpp_2m_sde" in error and "not supported for Flux" in error
-    a = pixels(run(runtime_flux, sampler="euler_ancestral", seed=1))
-    assert a == pixels(run(runtime_flux, sampler="euler_ancestral", seed=1))
-    assert a != pixels(run(runtime_flux, sampler="euler", seed=1))
+@pytest.mark.parametrize("sampler", ["euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde",
+                                     "dpmpp_2m_sde", "dpmpp_3m_sde_gpu", "lcm"])
+def test_stochastic_samplers_run_on_flux_in_their_flow_versions_and_follow_the_seed(runtime_flux, sampler) -> None:
+    a = pixels(run(runtime_flux, sampler=sampler, seed=1))
+    assert a == pixels(run(runtime_flux, sampler=sampler, seed=1))
+    assert a != pixels(run(runtime_flux, sampler=sampler, seed=2))
 
 
 def test_flux_model_with_other_conditioning_is_a_clear_error(runtime_flux) -> None:

@@ -93,6 +93,15 @@ class FlowSchedule:
             return _flux_time_shift(self.shift, 1.0, timestep)
         return _time_snr_shift(self.shift, timestep / self.multiplier)
 
+    def percent_to_sigma(self, percent: float) -> float:
+        """The sigma `percent` of the way through sampling (0: pure noise, sigma 1), as ComfyUI's."""
+        if percent <= 0.0:
+            return 1.0
+        if percent >= 1.0:
+            return 0.0
+        t = 1.0 - percent
+        return float(_flux_time_shift(self.shift, 1.0, t) if self.kind == "flux" else _time_snr_shift(self.shift, t))
+
 
 # --- MODEL ---------------------------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -9,24 +10,13 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from worker.errors import UserError
 from worker.models.flux import FluxDenoiser
 from worker.models.sd import Cond, Denoiser
-from worker.sampling.samplers import RANDOM_INPAINT_NOISE, SAMPLERS, euler_ancestral_rf
+from worker.sampling.flow_samplers import FLOW_SAMPLERS
+from worker.sampling.samplers import RANDOM_INPAINT_NOISE, SAMPLERS
 from worker.sampling.schedule import sigmas_for, step_window
 
 SAMPLER_NAMES = tuple(SAMPLERS)
-# Samplers whose ComfyUI versions switch to rectified-flow formulas for flow (CONST) models, or add noise the
-# VE way: their sigma-space versions here would not give ComfyUI's images on Flux. The deterministic ones
-# (euler, heun, dpm_2, lms, dpmpp_2m, ddim, uni_pc) are the same for both model types; FLOW_SAMPLERS are the
-# rectified-flow versions ComfyUI switches to.
-FLOW_SAMPLERS = {"euler_ancestral": euler_ancestral_rf}
-FLOW_UNSUPPORTED_SAMPLERS = frozenset({
-    "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m_sde",
-    "dpmpp_2m_sde_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "lcm",
-})
-
-
 def initial_noise(shape: torch.Size | tuple[int, ...], seed: int) -> torch.Tensor:
     """ComfyUI draws the starting noise for the whole batch on the CPU from the seed, so a seed gives
     the same image on any GPU."""
@@ -243,10 +233,6 @@ def ksample(
     noise = (initial_noise(latent.shape, seed) if add_noise else torch.zeros(latent.shape)).to(model.device)
     flow = isinstance(model, FluxDenoiser)
     if flow:  # rectified flow (ComfyUI's CONST): the latent format's shift and scale, noise mixed in
-        if sampler_name in FLOW_UNSUPPORTED_SAMPLERS:
-            usable = ", ".join(s for s in SAMPLER_NAMES if s not in FLOW_UNSUPPORTED_SAMPLERS)
-            raise UserError(f"sampler {sampler_name!r} is not supported for Flux models yet (ComfyUI uses a "
-                            f"rectified-flow variant of it); use one of {usable}")
         start = model.process_in(latent.to(model.device, torch.float32))
         x = model.noise_scaling(sigma_list[0], noise, start)
     else:
@@ -265,6 +251,8 @@ def ksample(
             if sampler_name in RANDOM_INPAINT_NOISE else noise
         denoiser = inpainting_denoiser(denoiser, mask, start, kept_noise, model.noise_scaling if flow else None)
     sampler = FLOW_SAMPLERS.get(sampler_name, SAMPLERS[sampler_name]) if flow else SAMPLERS[sampler_name]
+    if getattr(sampler, "takes_first_sigma", False):  # flow SDE samplers start just below sigma 1
+        sampler = functools.partial(sampler, first_sigma=model.schedule.percent_to_sigma(1e-4))
     with torch.inference_mode(), model.patched():  # LoRAs merged for this sampling only
         x = sampler(denoiser, x, sigma_list, seed, on_step)
     if flow:

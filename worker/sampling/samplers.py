@@ -10,9 +10,8 @@ Written here rather than imported: the update rules are a few lines each, and th
 (k-diffusion) pulls in training dependencies a worker image should not carry. They follow ComfyUI's
 versions (comfy/k_diffusion/sampling.py, comfy/extra_samplers/uni_pc.py, comfy/samplers.py) with its
 defaults: eta = 1, s_noise = 1, s_churn = 0, r = 1/2 for dpmpp_sde, the midpoint rule for dpmpp_2m_sde,
-order 4 for lms, order up to 3 for uni_pc. Where ComfyUI's formula is written for any model type, the
-eps/v-prediction case is used (alpha_t = 1 in sigma space). Models that sample in flow-matching (CONST)
-space get other variants in ComfyUI; they are not here yet.
+order 4 for lms, order up to 3 for uni_pc. The SDE samplers are written, as ComfyUI's, for any model type
+(`flow`: alpha_t = 1 - sigma instead of 1); the other flow-model versions are in flow_samplers.py.
 """
 
 from __future__ import annotations
@@ -79,30 +78,6 @@ def euler_ancestral(
         else:
             d = (x - denoised) / sigma
             x = x + d * (sigma_down - sigma) + noise(sigma, sigma_next) * sigma_up
-        on_step(i + 1, steps)
-    return x
-
-
-def euler_ancestral_rf(
-    model: Denoiser, x: torch.Tensor, sigmas: list[float], seed: int, on_step: StepCallback
-) -> torch.Tensor:
-    """ComfyUI's sample_euler_ancestral_RF, which its euler_ancestral runs for flow (CONST) models such as Flux:
-    an Euler step down to sigma_down, then the signal rescaled to the next sigma's and fresh noise added."""
-    steps = _steps(sigmas)
-    noise = StepNoise(x, seed)
-    eta = 1.0
-    for i in range(steps):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = model(x, sigma)
-        if sigma_next == 0:
-            x = denoised
-        else:
-            sigma_down = sigma_next * (1 + (sigma_next / sigma - 1) * eta)
-            alpha_next, alpha_down = 1 - sigma_next, 1 - sigma_down
-            renoise = (sigma_next**2 - sigma_down**2 * alpha_next**2 / alpha_down**2) ** 0.5
-            ratio = sigma_down / sigma
-            x = ratio * x + (1 - ratio) * denoised
-            x = (alpha_next / alpha_down) * x + noise(sigma, sigma_next) * renoise
         on_step(i + 1, steps)
     return x
 
@@ -269,14 +244,22 @@ def dpmpp_2m(model: Denoiser, x: torch.Tensor, sigmas: list[float], seed: int, o
 # --- SDE samplers (Brownian-tree noise) ----------------------------------------------------------------
 
 
-def _brownian_sampler(body: Callable[..., torch.Tensor], on_cpu: bool) -> Sampler:
-    def sampler(model: Denoiser, x: torch.Tensor, sigmas: list[float], seed: int, on_step: StepCallback):
+def _brownian_sampler(body: Callable[..., torch.Tensor], on_cpu: bool, flow: bool = False) -> Sampler:
+    """A sampler over `body` with ComfyUI's Brownian-tree noise. For a flow model the first sigma, when it is
+    1 (lambda = -inf), moves to `first_sigma` (the model's sigma at 0.01 % of the schedule, as ComfyUI's
+    offset_first_sigma_for_snr does); the tree still spans the schedule as given, as ComfyUI builds it first."""
+    def sampler(model: Denoiser, x: torch.Tensor, sigmas: list[float], seed: int, on_step: StepCallback,
+                first_sigma: float = 1.0 - 1e-4):
         if len(sigmas) <= 1:
             return x
-        return body(model, x, sigmas, BrownianNoise(x, sigmas, seed, on_cpu=on_cpu), on_step)
+        noise = BrownianNoise(x, sigmas, seed, on_cpu=on_cpu)
+        if flow and sigmas[0] >= 1.0:
+            sigmas = [float(_f32(first_sigma)), *sigmas[1:]]
+        return body(model, x, sigmas, noise, on_step, flow)
 
-    sampler.__name__ = body.__name__.lstrip("_") + ("" if on_cpu else "_gpu")
+    sampler.__name__ = body.__name__.lstrip("_") + ("" if on_cpu else "_gpu") + ("_rf" if flow else "")
     sampler.__doc__ = body.__doc__
+    sampler.takes_first_sigma = flow  # type: ignore[attr-defined]
     return sampler
 
 
@@ -284,10 +267,34 @@ def _f32(value: float) -> torch.Tensor:
     return torch.tensor(value, dtype=torch.float32)
 
 
+# ComfyUI writes its SDE samplers in half log-SNR lambda = log(alpha / sigma), for any model type: sigma
+# space has alpha = 1 (lambda = -log sigma); flow (CONST) models scale the signal by alpha = 1 - sigma
+# (lambda = log((1 - sigma) / sigma)). With `flow` False every factor below is 1.0 and the arithmetic is the
+# sigma-space one exactly.
+def _snr_sigma(sigma: float, flow: bool) -> float:
+    """exp(-lambda): sigma itself, or sigma / (1 - sigma) for a flow model."""
+    return sigma / (1.0 - sigma) if flow else sigma
+
+
+def _alpha(sigma: float, flow: bool) -> float:
+    return 1.0 - sigma if flow else 1.0
+
+
+def _half_log_snr_midpoint(sigma: float, sigma_next: float, flow: bool) -> float:
+    """The sigma halfway between two sigmas in lambda, in float32 as ComfyUI computes it (it is also a query
+    time of the Brownian tree, which rounds to 1e-6)."""
+    if flow:
+        lambda_s, lambda_t = -_f32(sigma).logit(), -_f32(sigma_next).logit()
+        return float((-(lambda_s + 0.5 * (lambda_t - lambda_s))).sigmoid())
+    lambda_s, lambda_t = -_f32(sigma).log(), -_f32(sigma_next).log()
+    return float((-(lambda_s + 0.5 * (lambda_t - lambda_s))).exp())
+
+
 def _dpmpp_sde(
-    model: Denoiser, x: torch.Tensor, sigmas: list[float], noise: BrownianNoise, on_step: StepCallback
+    model: Denoiser, x: torch.Tensor, sigmas: list[float], noise: BrownianNoise, on_step: StepCallback,
+    flow: bool = False,
 ) -> torch.Tensor:
-    """DPM-Solver++ (stochastic, r = 1/2): an ancestral half step to the log-midpoint, a model call there,
+    """DPM-Solver++ (stochastic, r = 1/2): an ancestral half step to the lambda midpoint, a model call there,
     then an ancestral full step; two model calls per step."""
     steps = _steps(sigmas)
     for i in range(steps):
@@ -296,26 +303,27 @@ def _dpmpp_sde(
         if sigma_next == 0:
             x = denoised
         else:
-            # The midpoint is also a query time of the Brownian tree: computed in float32 as ComfyUI does.
-            lambda_s, lambda_t = -_f32(sigma).log(), -_f32(sigma_next).log()
-            sigma_mid = float((-(lambda_s + 0.5 * (lambda_t - lambda_s))).exp())
+            sigma_mid = _half_log_snr_midpoint(sigma, sigma_next, flow)
+            snr, alpha = _snr_sigma(sigma, flow), _alpha(sigma, flow)
+            alpha_mid, alpha_next = _alpha(sigma_mid, flow), _alpha(sigma_next, flow)
 
-            sigma_down, sigma_up = ancestral_step(sigma, sigma_mid)
-            h = math.log(sigma) - math.log(sigma_down)
-            x_2 = math.exp(-h) * x - math.expm1(-h) * denoised
-            x_2 = x_2 + noise(sigma, sigma_mid) * sigma_up
+            sigma_down, sigma_up = ancestral_step(snr, _snr_sigma(sigma_mid, flow))
+            h = math.log(snr) - math.log(sigma_down)
+            x_2 = (alpha_mid / alpha * math.exp(-h)) * x - (alpha_mid * math.expm1(-h)) * denoised
+            x_2 = x_2 + noise(sigma, sigma_mid) * (alpha_mid * sigma_up)
             denoised_2 = model(x_2, sigma_mid)
 
-            sigma_down, sigma_up = ancestral_step(sigma, sigma_next)
-            h = math.log(sigma) - math.log(sigma_down)
-            x = math.exp(-h) * x - math.expm1(-h) * denoised_2
-            x = x + noise(sigma, sigma_next) * sigma_up
+            sigma_down, sigma_up = ancestral_step(snr, _snr_sigma(sigma_next, flow))
+            h = math.log(snr) - math.log(sigma_down)
+            x = (alpha_next / alpha * math.exp(-h)) * x - (alpha_next * math.expm1(-h)) * denoised_2
+            x = x + noise(sigma, sigma_next) * (alpha_next * sigma_up)
         on_step(i + 1, steps)
     return x
 
 
 def _dpmpp_2m_sde(
-    model: Denoiser, x: torch.Tensor, sigmas: list[float], noise: BrownianNoise, on_step: StepCallback
+    model: Denoiser, x: torch.Tensor, sigmas: list[float], noise: BrownianNoise, on_step: StepCallback,
+    flow: bool = False,
 ) -> torch.Tensor:
     """DPM-Solver++(2M) SDE, midpoint rule."""
     steps = _steps(sigmas)
@@ -328,11 +336,12 @@ def _dpmpp_2m_sde(
         if sigma_next == 0:
             x = denoised
         else:
-            h = math.log(sigma) - math.log(sigma_next)
+            h = math.log(_snr_sigma(sigma, flow)) - math.log(_snr_sigma(sigma_next, flow))
+            alpha_next = _alpha(sigma_next, flow)
             decay = -math.expm1(-2 * h)  # 1 - exp(-2h)
-            x = (sigma_next / sigma * math.exp(-h)) * x + decay * denoised
+            x = (sigma_next / sigma * math.exp(-h)) * x + (alpha_next * decay) * denoised
             if old_denoised is not None and h_last is not None:
-                x = x + (0.5 * decay * h / h_last) * (denoised - old_denoised)
+                x = x + (0.5 * alpha_next * decay * h / h_last) * (denoised - old_denoised)
             x = x + noise(sigma, sigma_next) * (sigma_next * math.sqrt(decay))
         old_denoised, h_last = denoised, h
         on_step(i + 1, steps)
@@ -340,7 +349,8 @@ def _dpmpp_2m_sde(
 
 
 def _dpmpp_3m_sde(
-    model: Denoiser, x: torch.Tensor, sigmas: list[float], noise: BrownianNoise, on_step: StepCallback
+    model: Denoiser, x: torch.Tensor, sigmas: list[float], noise: BrownianNoise, on_step: StepCallback,
+    flow: bool = False,
 ) -> torch.Tensor:
     """DPM-Solver++(3M) SDE: third order from the two previous estimates once they exist."""
     steps = _steps(sigmas)
@@ -355,9 +365,10 @@ def _dpmpp_3m_sde(
         if sigma_next == 0:
             x = denoised
         else:
-            h = math.log(sigma) - math.log(sigma_next)
+            h = math.log(_snr_sigma(sigma, flow)) - math.log(_snr_sigma(sigma_next, flow))
+            alpha_next = _alpha(sigma_next, flow)
             h_eta = 2 * h
-            x = (sigma_next / sigma * math.exp(-h)) * x - math.expm1(-h_eta) * denoised
+            x = (sigma_next / sigma * math.exp(-h)) * x - (alpha_next * math.expm1(-h_eta)) * denoised
             phi_2 = math.expm1(-h_eta) / h_eta + 1
             if h_2 is not None and h_1 is not None and denoised_1 is not None and denoised_2 is not None:
                 r0, r1 = h_1 / h, h_2 / h
@@ -366,9 +377,9 @@ def _dpmpp_3m_sde(
                 d1 = d1_0 + (d1_0 - d1_1) * (r0 / (r0 + r1))
                 d2 = (d1_0 - d1_1) / (r0 + r1)
                 phi_3 = phi_2 / h_eta - 0.5
-                x = x + phi_2 * d1 - phi_3 * d2
+                x = x + (alpha_next * phi_2) * d1 - (alpha_next * phi_3) * d2
             elif h_1 is not None and denoised_1 is not None:
-                x = x + phi_2 * ((denoised - denoised_1) / (h_1 / h))
+                x = x + (alpha_next * phi_2) * ((denoised - denoised_1) / (h_1 / h))
             x = x + noise(sigma, sigma_next) * (sigma_next * math.sqrt(-math.expm1(-2 * h)))
         denoised_1, denoised_2 = denoised, denoised_1
         h_1, h_2 = h, h_1
