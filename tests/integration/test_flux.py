@@ -147,6 +147,7 @@ def test_missing_config_folder_is_named(runtime_flux) -> None:
     assert "tiny-flux" in error and "flux-schnell" in error
 
 
+@pytest.mark.filterwarnings("ignore:Should have t")  # torchsde's rounding notice, silenced in the worker
 @pytest.mark.parametrize("sampler", ["euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde",
                                      "dpmpp_2m_sde", "dpmpp_3m_sde_gpu", "lcm"])
 def test_stochastic_samplers_run_on_flux_in_their_flow_versions_and_follow_the_seed(runtime_flux, sampler) -> None:
