@@ -168,6 +168,9 @@ def test_compile_cache_round_trip_and_bad_files(tmp_path, monkeypatch, caplog: p
     with caplog.at_level(logging.WARNING, logger="worker.sampling.compile_cache"):
         assert compile_cache.load(tmp_path / "volume", cpu) is False
     assert "bad magic" in caplog.text
+    monkeypatch.setattr(torch.compiler, "save_cache_artifacts", lambda: (b"part", object()))
+    assert compile_cache.save(tmp_path / "volume", cpu) == 0  # less than the file holds: the file stays
+    assert compile_cache.cache_file(tmp_path / "volume", cpu).read_bytes() == b"artifacts"
     monkeypatch.setattr(torch.compiler, "save_cache_artifacts", lambda: None)
     assert compile_cache.save(tmp_path / "empty", cpu) == 0
 

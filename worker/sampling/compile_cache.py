@@ -55,6 +55,10 @@ def save(folder: Path, device: torch.device) -> int:
         return 0
     blob, _ = artifacts
     path = cache_file(folder, device)
+    # A worker that found everything cached may hold only part of what an earlier one saved: keep the larger.
+    if path.is_file() and path.stat().st_size > len(blob):
+        log.info("torch.compile cache at %s kept: it holds more than this process compiled", path)
+        return 0
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, delete=False, suffix=".tmp") as tmp:
