@@ -24,14 +24,14 @@ setup_logging(SETTINGS.log_level)
 # Before the heavy imports below: reading the preloaded checkpoints from disk overlaps them (cold start).
 PREFETCH = start_prefetch(SETTINGS)
 
-from worker.sdk import import_runpod  # noqa: E402
+from worker.sdk import import_runpod, post_progress  # noqa: E402
 
 runpod = import_runpod()
 from runpod.serverless.modules.rp_logger import RunPodLogger  # noqa: E402
 
 from worker.engine import StopSignal  # noqa: E402
 from worker.jobs import deadline_for, run_job  # noqa: E402
-from worker.progress import Throttle  # noqa: E402
+from worker.progress import OrderedSender, Throttle  # noqa: E402
 from worker.runtime import start  # noqa: E402
 
 LOCAL_OUTPUT_DIR = Path("output")
@@ -56,12 +56,15 @@ RUNTIME = None if SERVE else start(SETTINGS, PREFETCH)
 async def handler(job: dict[str, Any]) -> dict[str, Any]:
     """Run one job in a worker thread so the SDK's event loop keeps sending heartbeats and can cancel."""
     stop = StopSignal(deadline=deadline_for(job, SETTINGS.job_timeout_s))
-    progress = Throttle(lambda event: runpod.serverless.progress_update(job, event), SETTINGS.progress_interval_s)
+    sender = OrderedSender(lambda event: post_progress(job, event), name=f"progress-{job.get('id')}")
+    progress = Throttle(sender, SETTINGS.progress_interval_s)
     try:
         return await asyncio.to_thread(run_job, RUNTIME, job, stop, None if LOCAL_TEST else progress)
     except asyncio.CancelledError:
         stop.cancel()  # the thread notices at the next node or sampler step and frees the device
         raise
+    finally:
+        await asyncio.to_thread(sender.close)  # no progress update may land after the result
 
 
 async def local_test_handler(job: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The runpod SDK, imported without its start-up CPU probe.
+"""The runpod SDK, imported without its start-up CPU probe, and its progress updates sent synchronously.
 
 `runpod.serverless.utils.rp_debugger` calls py-cpuinfo's `get_cpu_info()` at import, which starts a second
 Python interpreter to probe the CPU (about 1 s of every cold start on the dev machine) for one string, the
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import platform
 from types import ModuleType
+from typing import Any
 
 
 def cpu_brand() -> dict[str, str]:
@@ -35,3 +36,15 @@ def import_runpod() -> ModuleType:
     finally:
         cpuinfo.get_cpu_info = probe
     return runpod
+
+
+def post_progress(job: dict[str, Any], event: dict[str, Any]) -> None:
+    """POST one progress update and return when it is sent: the body of the thread that the SDK's
+    progress_update starts per call (falls back to progress_update if a newer SDK renamed it)."""
+    from runpod.serverless.modules import rp_progress
+
+    send = getattr(rp_progress, "_thread_target", None)
+    if send is None:
+        rp_progress.progress_update(job, event)
+    else:
+        send(job, event)

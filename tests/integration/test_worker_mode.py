@@ -240,6 +240,7 @@ def test_worker_mode_runs_queue_jobs_and_posts_v5_results(
 
     with control_plane.lock:
         results = dict(control_plane.results)
+        progress = list(control_plane.progress)
         acked = dict(control_plane.acked)
         taken = dict(control_plane.taken)
         pings = list(control_plane.pings)
@@ -260,6 +261,13 @@ def test_worker_mode_runs_queue_jobs_and_posts_v5_results(
     image = decode_result_image(item)
     assert image.format == "PNG"
     assert image.size == (64, 48)
+
+    # Progress updates of the valid job: sent in order (node by node), all before its result.
+    updates = [p for p in progress if p.path.endswith(VALID_ID)]
+    assert updates, "no progress update was posted"
+    indexes = [p.body["output"]["node_index"] for p in updates]
+    assert indexes == sorted(indexes)
+    assert all(p.at <= results[VALID_ID].at for p in updates)
 
     failed = results[INVALID_ID].body
     assert set(failed) == {"error"}, failed  # the SDK moves the handler's "error" to the top level, drops "output"
