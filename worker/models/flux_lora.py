@@ -2,8 +2,8 @@
 FluxTransformer2DModel (and CLIP-L), which worker/models/lora.py merges like any other LoRA.
 
 diffusers' own converter reads them (kohya/sd-scripts `lora_unet_double_blocks_...` in BFL's layout with
-fused q/k/v, the "mixture" `lora_transformer_...` form, XLabs, BFL control, and ai-toolkit/PEFT
-`transformer.<module>.lora_A/B`). It splits BFL's fused layers into diffusers' separate ones, with Flux.1's
+fused q/k/v, the "mixture" `lora_transformer_...` form, XLabs, and ai-toolkit/PEFT
+`transformer.<module>.lora_A/B`; BFL's control LoRAs, which also widen the input layer, are not usable here). It splits BFL's fused layers into diffusers' separate ones, with Flux.1's
 sizes written into it for a single block's linear1 (q, k, v: 3072 rows each, MLP input 12288): another
 width is zero-padded to those sizes first and cut back after, so any Flux-shaped model converts exactly.
 """
