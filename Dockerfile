@@ -1,7 +1,9 @@
 # syntax=docker/dockerfile:1.7
-# RunPod serverless worker for ComfyUI API-format workflows.
-# Base: a RunPod-cached PyTorch image (pulls in seconds on RunPod); its torch 2.11 / CUDA 13.0 build is
-# used as is: requirements/runtime.txt does not list torch, so pip never replaces it.
+# RunPod serverless worker for ComfyUI API-format workflows, on an embedded ComfyUI (GPL-3.0, so is this
+# project and the image: whoever distributes the image must offer its source, see README).
+# Base: a RunPod-cached PyTorch image (pulls in seconds on RunPod); its torch 2.11 / CUDA 13.0 build and the
+# matching torchvision/torchaudio are used as they are: the lock lists none of them and is installed with
+# --no-deps, so pip never replaces them.
 FROM runpod/pytorch:2.11.0-cuda13.0-cudnn9-devel
 
 ENV PYTHONUNBUFFERED=1 \
@@ -9,15 +11,30 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1 \
-    WORKER_CACHE_DIR=/opt/worker/cache
+    WORKER_CACHE_DIR=/opt/worker/cache \
+    COMFYUI_DIR=/opt/ComfyUI
 
 WORKDIR /opt/worker
 
-# Dependencies first: this layer is reused until a requirements file changes.
-COPY requirements/runtime.txt requirements/runtime-nodeps.txt requirements/constraints.txt requirements/
-RUN python -m pip install --no-cache-dir -r requirements/runtime.txt -c requirements/constraints.txt \
-    && python -m pip install --no-cache-dir --no-deps -r requirements/runtime-nodeps.txt -c requirements/constraints.txt \
-    && python -c "import torch, diffusers, transformers, runpod; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+# Python dependencies first: this layer is reused until the lock changes. requirements/lock.txt is compiled
+# from pyproject.toml (`make lock`) and complete, so --no-deps resolves nothing.
+COPY requirements/lock.txt requirements/
+RUN python -m pip install --no-cache-dir --no-deps -r requirements/lock.txt \
+    && python -c "import torch, torchvision, transformers, runpod, av; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+
+# ComfyUI at the pinned commit (requirements/comfyui.env: the one pin, also read by the Makefile and by the
+# worker, which reports it). Only that commit is fetched; the build fails if HEAD is anything else. The
+# commit is kept in .worker-commit and .git is dropped.
+COPY requirements/comfyui.env requirements/
+RUN . requirements/comfyui.env \
+    && git init --quiet "$COMFYUI_DIR" \
+    && git -C "$COMFYUI_DIR" fetch --quiet --depth 1 "$COMFYUI_REPO" "$COMFYUI_COMMIT" \
+    && git -C "$COMFYUI_DIR" checkout --quiet FETCH_HEAD \
+    && got="$(git -C "$COMFYUI_DIR" rev-parse HEAD)" \
+    && if [ "$got" != "$COMFYUI_COMMIT" ]; then echo "ComfyUI at $got, pinned $COMFYUI_COMMIT" >&2; exit 1; fi \
+    && echo "$COMFYUI_COMMIT" > "$COMFYUI_DIR/.worker-commit" \
+    && rm -rf "$COMFYUI_DIR/.git" \
+    && echo "ComfyUI $COMFYUI_VERSION ($COMFYUI_COMMIT) in $COMFYUI_DIR"
 
 # Attention kernels (README "Attention kernels"): the FA3 and FA2 builds matching this image's torch/CUDA are
 # downloaded now (kernels.install_kernel, the one variant for this torch/CUDA/platform) and copied to
@@ -39,27 +56,30 @@ RUN if [ -n "$ATTENTION_KERNELS" ]; then \
         && rm -rf /tmp/kernels-download; \
     fi
 
-COPY worker/ worker/
-COPY handler.py test_input.json ./
-
-# Architecture configs + tokenizers (no weights) that single-file SD1.5 / SDXL checkpoints and Flux's split files
-# (UNETLoader, DualCLIPLoader: FLUX.1-schnell's configs serve dev files too) need, and optional
-# model files: --build-arg MODELS="checkpoints/x.safetensors=hf://owner/repo/x.safetensors ..." bakes them
-# (leave it empty for network-volume setups). A gated repo's token comes from a BuildKit secret
-# (docker build --secret id=hf_token,src=token.txt), mounted only for this step: never in a layer.
-ARG MODEL_CONFIGS=sd15,sdxl,flux-schnell
+# Optional model files baked into /opt/worker/models/<checkpoints|loras|vae|...>/:
+# --build-arg MODELS="checkpoints/x.safetensors=hf://owner/repo/x.safetensors ..." (leave it empty for
+# network-volume setups). A gated repo's token comes from a BuildKit secret
+# (docker build --secret id=hf_token,src=token.txt), mounted only for this step: never in a layer. The step
+# needs only worker/bake_models.py (huggingface_hub and the standard library), so the baked files survive
+# changes to the rest of the worker.
 ARG MODELS=
+COPY worker/bake_models.py worker/
 RUN --mount=type=secret,id=hf_token \
-    HF_HUB_OFFLINE=0 python -m worker.models.bake /opt/worker/models --configs "$MODEL_CONFIGS" \
-        --models "$MODELS" --token-file /run/secrets/hf_token \
-    && rm -rf /root/.cache/huggingface
+    if [ -n "$MODELS" ]; then \
+        HF_HUB_OFFLINE=0 python -m worker.bake_models /opt/worker/models --models "$MODELS" \
+            --token-file /run/secrets/hf_token \
+        && rm -rf /root/.cache/huggingface; \
+    fi
 
-# Write the built-in tiny checkpoint now so the image answers test_input.json with no writes at start-up.
-RUN python -c "from pathlib import Path; from worker.models.tiny import ensure_tiny_checkpoint; \
-ensure_tiny_checkpoint(Path('/opt/worker/cache/checkpoints'))"
+COPY worker/ worker/
+COPY handler.py test_input.json LICENSE ./
 
-# Model files: bake them under /opt/worker/models/<checkpoints|loras|vae|...>/ in a derived image, or
-# attach a network volume: /runpod-volume/models/<same folders> is searched automatically.
+# Write the built-in tiny checkpoint now ($WORKER_CACHE_DIR/models/checkpoints/) so the image answers
+# test_input.json with no writes at start-up.
+RUN python -m worker.embed.tiny
+
+# Model files: bake them as above (or under /opt/worker/models/ in a derived image), or attach a network
+# volume: /runpod-volume/models/<same folders> is searched automatically.
 # Load-balancer endpoints start the same image with: python -u handler.py --serve (see docs/deployment.md).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=600s --retries=3 CMD ["python", "-m", "worker.healthcheck"]
 CMD ["python", "-u", "handler.py"]
