@@ -76,7 +76,7 @@ lint: setup
 # so nvidia-*, triton) are left out: requirements/lock-excludes.txt.
 LOCK_FLAGS ?=
 UV_COMPILE = $(BIN)/uv pip compile --quiet --universal --excludes requirements/lock-excludes.txt \
-	--custom-compile-command "make lock" $(LOCK_FLAGS)
+	--custom-compile-command "make lock  (from pyproject.toml: edit that, not this file)" $(LOCK_FLAGS)
 lock:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet uv==$(UV_VERSION)
