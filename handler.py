@@ -29,10 +29,10 @@ from worker.sdk import import_runpod, post_progress  # noqa: E402
 runpod = import_runpod()
 from runpod.serverless.modules.rp_logger import RunPodLogger  # noqa: E402
 
-from worker.engine import StopSignal  # noqa: E402
 from worker.jobs import deadline_for, run_job  # noqa: E402
 from worker.progress import OrderedSender, Throttle  # noqa: E402
 from worker.runtime import start  # noqa: E402
+from worker.stop import StopSignal  # noqa: E402
 
 LOCAL_OUTPUT_DIR = Path("output")
 

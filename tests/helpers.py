@@ -4,23 +4,26 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
 import io
 from typing import Any
 
 from PIL import Image
 
+TINY = "tiny-sd15.safetensors"
+
 
 def txt2img(
     *,
     seed: int = 1,
-    steps: int = 4,
+    steps: int = 3,
     cfg: float = 7.0,
     width: int = 64,
     height: int = 64,
     batch_size: int = 1,
     sampler: str = "euler",
     scheduler: str = "normal",
-    ckpt: str = "tiny-sd",
+    ckpt: str = TINY,
     positive: str = "a red cube",
     negative: str = "blurry",
     prefix: str = "ComfyUI",
@@ -62,6 +65,14 @@ def img2img(image_name: str = "input.png", denoise: float = 0.6, **kwargs: Any) 
     return graph
 
 
+def job(workflow: dict[str, Any], images: list[dict[str, Any]] | None = None, job_id: str = "test",
+        **extra: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"workflow": workflow, **extra}
+    if images is not None:
+        body["images"] = images
+    return {"id": job_id, "input": body}
+
+
 def png_bytes(width: int = 64, height: int = 64, color: tuple[int, ...] = (200, 30, 30), mode: str = "RGB") -> bytes:
     buffer = io.BytesIO()
     Image.new(mode, (width, height), color).save(buffer, format="PNG")
@@ -77,11 +88,6 @@ def decode_result_image(item: dict[str, str]) -> Image.Image:
     return Image.open(io.BytesIO(base64.b64decode(item["data"])))
 
 
-def cpu_runtime(models_root: Any, cache_dir: Any) -> Any:
-    """A worker on the CPU over the test's own model folder, nothing preloaded, up to 4 checkpoints resident."""
-    from worker.config import Settings
-    from worker.runtime import boot
-
-    return boot(Settings.from_env({"MODELS_DIRS": str(models_root), "WORKER_CACHE_DIR": str(cache_dir),
-                                   "PRELOAD_CHECKPOINTS": "none", "WORKER_DEVICE": "cpu",
-                                   "MAX_RESIDENT_CHECKPOINTS": "4"}))
+def with_settings(runtime: Any, **changes: Any) -> Any:
+    """The shared runtime (same ComfyUI, models and job lock) under other Settings, e.g. limits or storage."""
+    return dataclasses.replace(runtime, settings=dataclasses.replace(runtime.settings, **changes))

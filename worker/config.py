@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -316,20 +317,41 @@ class Settings:
     attention_kernels_dir: Path = REPO_ROOT / ".cache" / "kernels"
     # Device memory resident checkpoints may fill (worker/models/budget.py): "auto", "off", bytes, or a fraction.
     model_memory_budget: str | int | float = "auto"
-    # Folders of ComfyUI custom nodes (worker/custom_nodes.py), loaded at start-up in this order.
+    # Folders of ComfyUI custom nodes, loaded at start-up in this order (besides the volume's
+    # /runpod-volume/ComfyUI/custom_nodes); custom_nodes=False loads none.
     custom_nodes_dirs: tuple[Path, ...] = ()
+    custom_nodes: bool = True
+    # The embedded ComfyUI (worker/embed/): its folder (None: .venv/ComfyUI or /opt/ComfyUI), its VRAM mode
+    # (auto = highvram on a GPU: models stay resident between jobs), extra_model_paths.yaml files, free RAM
+    # its node cache keeps (GB), deterministic algorithms, and where its input/output/temp folders live.
+    comfyui_dir: Path | None = None
+    vram_mode: str = "auto"
+    extra_model_paths: tuple[Path, ...] = ()
+    cache_ram_headroom_gb: float = 4.0
+    deterministic: bool = False
+    work_dir: Path = Path(tempfile.gettempdir()) / "worker-comfyui"
+    # The built-in tiny SD1.5 checkpoint (worker/embed/tiny.py), written into <cache>/models/checkpoints.
+    builtin_checkpoint: bool = True
+    # Characters one text input may hold (a 1 MB prompt holds the text encoder for a minute).
+    max_text_chars: int = 50_000
+    # Frames a video/animation node may make (length, frame counts), across all nodes.
+    max_frames: int = 1024
+
+    @property
+    def builtin_models_dir(self) -> Path:
+        return self.cache_dir / "models"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         roots = _paths(env, "MODELS_DIRS")
-        roots += [REPO_ROOT / "models", Path("/runpod-volume/models"), Path("/workspace/models")]
+        cache_dir = Path(_lookup(env, "WORKER_CACHE_DIR") or (REPO_ROOT / ".cache")).expanduser()
+        roots += [REPO_ROOT / "models", Path("/runpod-volume/models"), Path("/workspace/models"), cache_dir / "models"]
         # Keep order, drop duplicates.
         unique: list[Path] = []
         for root in roots:
             if root not in unique:
                 unique.append(root)
-        cache_dir = Path(_lookup(env, "WORKER_CACHE_DIR") or (REPO_ROOT / ".cache")).expanduser()
         preload_raw = (_lookup(env, "PRELOAD_CHECKPOINTS") or "auto").strip()
         if preload_raw.lower() in ("auto", "none", "all"):
             preload_mode, preload = preload_raw.lower(), ()
@@ -375,6 +397,18 @@ class Settings:
             attention_autotune=_bool(env, "ATTENTION_AUTOTUNE", False),
             attention_kernels_dir=Path(_lookup(env, "ATTENTION_KERNELS_DIR") or cache_dir / "kernels").expanduser(),
             model_memory_budget=_memory_budget(env, "MODEL_MEMORY_BUDGET"),
+            custom_nodes=_bool(env, "CUSTOM_NODES", True),
+            comfyui_dir=Path(raw_comfy).expanduser() if (raw_comfy := _lookup(env, "COMFYUI_DIR")) else None,
+            vram_mode=_choice(env, "COMFYUI_VRAM_MODE", "auto",
+                              ("auto", "gpu_only", "highvram", "normalvram", "lowvram", "novram")),
+            extra_model_paths=tuple(p for p in (*_paths(env, "EXTRA_MODEL_PATHS"),
+                                                VOLUME / "ComfyUI" / "extra_model_paths.yaml") if p.is_file()),
+            cache_ram_headroom_gb=_int(env, "CACHE_RAM_HEADROOM_MB", 4096, minimum=0) / 1024,
+            deterministic=_bool(env, "DETERMINISTIC", False),
+            work_dir=Path(_lookup(env, "WORKER_WORK_DIR") or Path(tempfile.gettempdir()) / "worker-comfyui"),
+            builtin_checkpoint=_bool(env, "BUILTIN_CHECKPOINT", True),
+            max_frames=_int(env, "MAX_FRAMES", 1024, minimum=1),
+            max_text_chars=_int(env, "MAX_TEXT_CHARS", 50_000, minimum=1),
             custom_nodes_dirs=tuple(dict.fromkeys([
                 *_paths(env, "CUSTOM_NODES_DIRS"), REPO_ROOT / "custom_nodes", Path("/runpod-volume/custom_nodes"),
             ])),

@@ -27,7 +27,7 @@ from worker.names import relative_name_problem
 # data:<type>[;param=value...];base64, (RFC 2397 allows parameters before ;base64)
 _DATA_URI = re.compile(r"^data:[\w.+-]+/[\w.+-]+(?:;[\w.+-]+=[^;,]*)*;base64,", re.IGNORECASE)
 # Keys the client may send that the worker accepts without using (worker-comfyui compatibility).
-IGNORED_KEYS = frozenset({"comfy_org_api_key", "api_key_override"})
+IGNORED_KEYS = frozenset({"comfy_org_api_key", "api_key_comfy_org", "api_key_override"})
 KNOWN_KEYS = frozenset({"workflow", "images", "output", "workflow_ui"}) | IGNORED_KEYS
 OUTPUT_FORMATS = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg", "webp": "webp"}
 _UPLOAD_MODES = {True: "always", False: "never", "auto": "auto"}
@@ -56,6 +56,11 @@ class Request:
 
 def parse_request(job_input: Any, settings: Settings) -> Request:
     """Validate `job["input"]`; raises UserError naming the field at fault."""
+    if isinstance(job_input, str):  # worker-comfyui accepts the whole input as a JSON string
+        parsed = _json_or_none(job_input)
+        if not isinstance(parsed, dict):
+            raise UserError("'input' is a string but not a JSON object; expected {\"workflow\": {...}}")
+        job_input = parsed
     if job_input is None:
         raise UserError("job has no 'input'; expected {\"input\": {\"workflow\": {...}}}")
     if not isinstance(job_input, dict):
@@ -211,15 +216,28 @@ def _image_bytes(raw: Any, settings: Settings) -> bytes:
 
 
 def success(
-    images: list[dict[str, str]], errors: list[str], metadata: dict[str, Any] | None = None
+    images: list[dict[str, str]], errors: list[str], metadata: dict[str, Any] | None = None,
+    files: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
-    """v5 result. `metadata` (device, attention backend, stage and node timings) is an addition of this
-    worker; v5 clients read `images` and ignore it."""
+    """v5 result. `images` holds stills, animations and videos (as worker-comfyui lists them), `files` audio
+    and other outputs with the same item shape. `metadata` (device, timings, warnings) is an addition of this
+    worker; v5 clients read `images` and ignore the rest."""
     result: dict[str, Any] = {"images": images}
+    if files:
+        result["files"] = files
     if errors:
         result["errors"] = errors
     if metadata:
         result["metadata"] = metadata
+    return result
+
+
+def no_outputs(warnings: list[str] | None = None) -> dict[str, Any]:
+    """A workflow that ran but saved nothing (only previews): worker-comfyui's answer, which its clients
+    expect."""
+    result: dict[str, Any] = {"status": "success_no_images", "images": []}
+    if warnings:
+        result["metadata"] = {"warnings": warnings}
     return result
 
 

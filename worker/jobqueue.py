@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from worker.engine import StopSignal
 from worker.jobs import deadline_for
+from worker.stop import StopSignal
 
 log = logging.getLogger(__name__)
 

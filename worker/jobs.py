@@ -6,17 +6,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
-import torch
-
 from worker import contract
-from worker.engine import ExecutionContext, StopSignal, build_plan, execute, registry
-from worker.engine.context import ProgressFn
-from worker.errors import JobStopped, NodeError, UserError
+from worker.errors import JobCancelled, JobStopped, JobTimedOut, UserError
 from worker.outputs import OutputPipeline
-from worker.runtime import Runtime
+from worker.runtime import Runtime, limits_for
+from worker.stop import ProgressFn, StopSignal
 
 log = logging.getLogger("worker.job")
 
@@ -49,21 +45,6 @@ def deadline_for(job: Any, default_timeout_s: float, now: float | None = None) -
     return now + timeout
 
 
-def choices_for(runtime: Runtime, images: dict[str, bytes]) -> Callable[[str], list[str]]:
-    """What a COMBO input may name: model files of a folder, or the job's input images."""
-    def choices(source: str) -> list[str]:
-        if source == "input_images":
-            return [*images, *(f"{name} [input]" for name in images)]
-        return runtime.models.list(source)
-
-    return choices
-
-
-def limits_for(runtime: Runtime) -> dict[str, float]:
-    s = runtime.settings
-    return {"max_side": s.max_side, "max_batch": s.max_batch, "max_steps": s.max_steps}
-
-
 def run_job(
     runtime: Runtime,
     job: dict[str, Any],
@@ -71,9 +52,11 @@ def run_job(
     progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
     job_id = str(job.get("id", "?")) if isinstance(job, dict) else "?"
+    stop = stop or StopSignal()
     timer = _Timer()
     outcome, nodes, images = "error", 0, 0
     pipeline: OutputPipeline | None = None
+    engine = runtime.engine
     try:
         if not isinstance(job, dict):
             raise UserError("job must be an object with an 'input' field")
@@ -81,48 +64,54 @@ def run_job(
         if request.unknown_keys:
             log.info("job %s: ignoring unknown input keys %s", job_id, ", ".join(request.unknown_keys))
         timer.lap("parse")
-        plan = build_plan(
-            request.workflow,
-            registry(),
-            choices_for(runtime, request.images),
-            limits_for(runtime),
-            runtime.settings.max_workflow_nodes,
-        )
-        nodes = len(plan.order)
-        timer.lap("validate")
-        pipeline = OutputPipeline(plan.workflow, runtime.settings, request.output, job_id)
-        ctx = ExecutionContext(
-            job_id=job_id,
-            models=runtime.models,
-            device=runtime.device,
-            input_images=request.images,
-            workflow=plan.workflow,
-            stop=stop or StopSignal(),
-            progress=progress,
-            on_save=pipeline.add,
-        )
+        nodes = len(request.workflow)
+        engine.limits_check(request.workflow, limits_for(runtime.settings))
         with runtime.job_lock:
             timer.lap("queue")
-            # Checkpoints the job is handed stay resident until it ends (ModelStore.job).
-            with torch.inference_mode(), runtime.models.job():
-                report = execute(plan, ctx)
-        timer.lap("execute")
-        # What encoding and uploads still need after the last node; the rest overlapped the GPU work.
-        delivery = pipeline.finish()
+            stop.check()
+            with engine.job_files(job_id, request.images):
+                checked = engine.validate(request.workflow, limits_for(runtime.settings))
+                for warning in checked.warnings:
+                    log.info("job %s: %s", job_id, warning)
+                timer.lap("validate")
+                stop.check()
+                pipeline = OutputPipeline(runtime.settings, request.output, job_id)
+                ui = request.output.workflow_ui
+                executed = engine.execute(request.workflow, checked.outputs, stop, progress, pipeline.add,
+                                          metadata=request.output.metadata,
+                                          extra_pnginfo={"workflow": ui} if ui is not None else None)
+                run = executed.run
+                if run.interrupted or (run.failure is not None and stop.stopped):
+                    _raise_stopped(stop)
+                if run.failure is not None:
+                    return _failure(job_id, run.failure, runtime)
+                for produced in executed.files:
+                    pipeline.add_file(produced)
+                timer.lap("execute")
+                # What encoding and uploads still need after the last node; the rest overlapped the work.
+                delivery = pipeline.finish()
         timer.lap("deliver")
-        images = len(delivery.items)
-        if not delivery.items:
-            raise UserError("no image fits in the result: " + "; ".join(delivery.errors))
+        images = len(delivery.items) + len(delivery.files)
+        warnings = [*checked.warnings]
+        if not delivery.items and not delivery.files:
+            if delivery.errors:
+                raise UserError("no output fits in the result: " + "; ".join(delivery.errors))
+            outcome = "ok"
+            return contract.no_outputs(warnings)
         outcome = "ok" if not delivery.errors else "partial"
-        log.debug("job %s node timings: %s", job_id, report.node_ms)
+        log.debug("job %s node timings: %s", job_id, run.node_ms)
         metadata = {
-            "device": str(runtime.device),
+            "device": runtime.device,
+            "comfyui": runtime.engine.booted.installed.version,
             "attention": runtime.attention.describe() if runtime.attention is not None else None,
             "timings_ms": {stage: round(ms, 1) for stage, ms in timer.ms.items()},
-            "stages_ms": stages_ms(report.node_ms, pipeline.encode_ms, pipeline.upload_ms),
-            "nodes_ms": {node: round(ms, 1) for node, ms in report.node_ms.items()},
+            "stages_ms": stages_ms(run.node_ms, pipeline.encode_ms, pipeline.upload_ms),
+            "nodes_ms": {node: round(ms, 1) for node, ms in run.node_ms.items()},
+            "cached_nodes": run.cached,
         }
-        result = contract.success(delivery.items, delivery.errors, metadata)
+        if warnings:
+            metadata["warnings"] = warnings
+        result = contract.success(delivery.items, delivery.errors, metadata, delivery.files)
         if len(json.dumps(result)) > runtime.settings.max_result_bytes:
             result.pop("metadata")  # optional: never the reason a result goes over the payload limit
         return result
@@ -132,29 +121,26 @@ def run_job(
     except JobStopped as exc:
         outcome = exc.reason.replace(" ", "_")
         return contract.failure(f"job {exc.reason}")
-    except NodeError as exc:
-        log.error("job %s: %s", job_id, exc, exc_info=exc.cause)
-        failed = contract.failure(_node_failure_message(exc))
-        if _device_state_lost(exc.cause):
-            # After a CUDA fault the context is unusable: ask RunPod to replace this worker.
-            failed["refresh_worker"] = True
-        return failed
     except Exception as exc:  # a bug of ours: the client gets a message, the log gets the traceback
         log.exception("job %s: unexpected failure", job_id)
         return contract.failure(f"internal error: {type(exc).__name__}: {exc}")
     finally:
         if pipeline is not None:
             pipeline.close()
-        log.info("job %s outcome=%s nodes=%d images=%d %s", job_id, outcome, nodes, images, timer.summary())
-        if runtime.device.type == "cuda" and outcome not in ("ok", "partial", "rejected"):
-            torch.cuda.empty_cache()
+        log.info("job %s outcome=%s nodes=%d outputs=%d %s", job_id, outcome, nodes, images, timer.summary())
+
+
+def _raise_stopped(stop: StopSignal) -> None:
+    if stop.cancelled:
+        raise JobCancelled("job was cancelled")
+    raise JobTimedOut("job ran past its execution timeout")
 
 
 def stage_of(class_type: str) -> str:
     """The stage a node's time counts toward in `metadata.stages_ms`."""
     if "Loader" in class_type:
         return "load"
-    if class_type.startswith("CLIPTextEncode"):
+    if class_type.startswith(("CLIPTextEncode", "TextEncode")):
         return "text_encode"
     if class_type.startswith(("KSampler", "SamplerCustom")):
         return "sampling"
@@ -173,20 +159,31 @@ def stages_ms(node_ms: dict[str, float], encode_ms: float, upload_ms: float) -> 
     return {stage: round(ms, 1) for stage, ms in stages.items()}
 
 
-def _node_failure_message(exc: NodeError) -> str:
-    if isinstance(exc.cause, torch.OutOfMemoryError):
-        asked = f" with {exc.inputs}" if exc.inputs else ""
-        return (
-            f"node {exc.node_id} ({exc.class_type}) ran out of device memory{asked}; "
-            "lower width/height or batch_size, or use a GPU with more memory"
-        )
-    return str(exc)
+def _failure(job_id: str, failure: Any, runtime: Runtime) -> dict[str, Any]:
+    """A node raised: the client gets the node and ComfyUI's message, the log the traceback."""
+    log.error("job %s: node %s (%s) failed: %s: %s\n%s", job_id, failure.node_id, failure.class_type,
+              failure.exception_type, failure.message, failure.traceback)
+    failed = contract.failure(node_failure_message(failure))
+    if device_state_lost(failure.exception, failure.message):
+        # After a CUDA fault the context is unusable: ask RunPod to replace this worker.
+        failed["refresh_worker"] = True
+    return failed
 
 
-def _device_state_lost(cause: BaseException) -> bool:
-    return isinstance(cause, torch.AcceleratorError) or (
-        isinstance(cause, RuntimeError)
-        and not isinstance(cause, torch.OutOfMemoryError)
-        and any(marker in str(cause) for marker in ("CUDA error", "illegal memory access", "device-side assert"))
+def node_failure_message(failure: Any) -> str:
+    label = f"node {failure.node_id} ({failure.class_type})"
+    if "OutOfMemory" in failure.exception_type or "out of memory" in failure.message.lower():
+        return (f"{label} ran out of device memory; lower width/height, batch_size or length (frames), "
+                "or use a GPU with more memory")
+    message = failure.message.strip().splitlines()[0] if failure.message.strip() else failure.exception_type
+    short_type = failure.exception_type.rsplit(".", 1)[-1]
+    return f"{label} failed: {short_type}: {message[:500]}"
+
+
+def device_state_lost(exc: BaseException | None, message: str) -> bool:
+    name = type(exc).__name__ if exc is not None else ""
+    text = str(exc) if exc is not None else message
+    return name == "AcceleratorError" or (
+        "OutOfMemory" not in name
+        and any(marker in text for marker in ("CUDA error", "illegal memory access", "device-side assert"))
     )
-

@@ -13,8 +13,10 @@ import base64
 import functools
 import json
 import logging
+import re
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,12 +25,22 @@ from typing import Any
 
 from worker.config import Settings, StorageSettings
 from worker.contract import OutputOptions, output_item, success
-from worker.engine import SavedImage
 from worker.errors import UserError
 from worker.imaging import FORMATS, encode_image, to_uint8
 from worker.storage import OutputFile, Store, Uploaded, store_for
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class SavedImage:
+    """An image a SaveImage node produced, before encoding."""
+
+    node_id: str
+    filename: str  # e.g. ComfyUI_00001_.png
+    subfolder: str
+    pixels: Any  # IMAGE item [H, W, C] in 0..1 (converted to uint8 in the output thread) or a uint8 array
+    text: dict[str, str] | None = None  # PNG text chunks, as ComfyUI writes them ('prompt', 'workflow', ...)
 
 
 class DeliveryError(UserError):
@@ -38,21 +50,18 @@ class DeliveryError(UserError):
 @dataclass
 class Delivery:
     items: list[dict[str, str]] = field(default_factory=list)
+    files: list[dict[str, str]] = field(default_factory=list)  # audio and other non-visual outputs
     errors: list[str] = field(default_factory=list)
     result_bytes: int = 0  # the JSON result's size
     uploaded: int = 0
     written: list[Path] = field(default_factory=list)
 
 
-def encode(image: SavedImage, workflow: dict[str, Any], options: OutputOptions) -> OutputFile:
-    """One saved image in the requested format, named as ComfyUI names it with the format's extension."""
-    text: dict[str, Any] | None = None
-    if options.metadata:
-        # ComfyUI keeps the API graph in 'prompt' and the UI graph in 'workflow', so the file can be dropped
-        # back into ComfyUI.
-        text = {"prompt": json.dumps(workflow)}
-        if options.workflow_ui is not None:
-            text["workflow"] = json.dumps(options.workflow_ui)
+def encode(image: SavedImage, options: OutputOptions) -> OutputFile:
+    """One saved image in the requested format, named as ComfyUI names it with the format's extension.
+    ComfyUI keeps the API graph in 'prompt' and the UI graph in 'workflow', so the file can be dropped back
+    into ComfyUI; the node that saved it chose those chunks."""
+    text = image.text if options.metadata else None
     extension, content_type = FORMATS[options.format]
     filename = str(PurePosixPath(image.filename).with_suffix(extension))
     name = f"{image.subfolder}/{filename}" if image.subfolder else filename
@@ -68,13 +77,12 @@ class OutputPipeline:
 
     def __init__(
         self,
-        workflow: dict[str, Any],
         settings: Settings,
         options: OutputOptions | None = None,
         job_id: str = "?",
         store: Store | None = None,
     ):
-        self.workflow, self.settings, self.job_id = workflow, settings, job_id
+        self.settings, self.job_id = settings, job_id
         self.options = options or OutputOptions()
         storage = settings.storage
         self.mode = self.options.upload or storage.upload
@@ -91,11 +99,19 @@ class OutputPipeline:
         self.upload_ms = 0.0
 
     def add(self, image: SavedImage) -> None:
-        self._futures.append(self._pool.submit(self._prepare, image))
+        self._futures.append(self._pool.submit(self._prepare, lambda: encode(image, self.options), "images"))
 
-    def _prepare(self, image: SavedImage) -> _Prepared:
+    def add_file(self, produced: Any) -> None:
+        """A file another output node wrote (video, animation, audio, ...): delivered as it is, in `images`
+        or `files` by its kind (worker/embed/engine.py classify())."""
+        def read() -> OutputFile:
+            return OutputFile(name=produced.name, data=produced.path.read_bytes(), content_type=produced.content_type)
+
+        self._futures.append(self._pool.submit(self._prepare, read, produced.kind))
+
+    def _prepare(self, make: Callable[[], OutputFile], kind: str) -> _Prepared:
         started = time.perf_counter()
-        file = encode(image, self.workflow, self.options)
+        file = make()
         item = output_item(_filename(file), base64.b64encode(file.data).decode("ascii"))
         encoded = time.perf_counter()
         upload = None
@@ -104,14 +120,23 @@ class OutputPipeline:
         with self._lock:
             self.encode_ms += (encoded - started) * 1000
             self.upload_ms += (time.perf_counter() - encoded) * 1000
-        return _Prepared(file, item, upload)
+        return _Prepared(file, item, upload, kind)
 
     def finish(self) -> Delivery:
-        """Every image delivered as base64 or URL; raises DeliveryError when the result cannot be whole."""
+        """Every output delivered as base64 or URL; raises DeliveryError when the result cannot be whole."""
         try:
             prepared = [future.result() for future in self._futures]
         finally:
             self.close()
+        delivery = self._deliver(prepared)
+        # Items come back in save order; stills, animations and videos in `images`, the rest in `files`.
+        kinds = [p.kind for p in prepared]
+        every = delivery.items
+        delivery.items = [item for item, kind in zip(every, kinds, strict=True) if kind == "images"]
+        delivery.files = [item for item, kind in zip(every, kinds, strict=True) if kind != "images"]
+        return delivery
+
+    def _deliver(self, prepared: list[_Prepared]) -> Delivery:
         files = [p.file for p in prepared]
         base64_items = [p.item for p in prepared]
         delivery = Delivery()
@@ -147,18 +172,18 @@ class _Prepared:
     file: OutputFile
     item: dict[str, str]  # the base64 result item: what is returned if the image is not uploaded
     upload: Uploaded | None
+    kind: str = "images"
 
 
 def deliver(
     saved: list[SavedImage],
-    workflow: dict[str, Any],
     settings: Settings,
     options: OutputOptions | None = None,
     job_id: str = "?",
     store: Store | None = None,
 ) -> Delivery:
     """Encode and deliver images saved earlier (OutputPipeline without the overlap)."""
-    pipeline = OutputPipeline(workflow, settings, options, job_id, store)
+    pipeline = OutputPipeline(settings, options, job_id, store)
     for image in saved:
         pipeline.add(image)
     return pipeline.finish()
@@ -225,8 +250,23 @@ def _size(items: list[dict[str, str]], errors: list[str]) -> int:
     return len(json.dumps(success(items, errors)))
 
 
+_COUNTER = re.compile(r"_(\d{5,})_(\.[^.]+)$")
+
+
 def _write(output_dir: Path, file: OutputFile) -> Path:
+    """Into OUTPUT_DIR without overwriting an earlier job's file: the counter counts up past what is there,
+    as ComfyUI's does; exclusive creation keeps two jobs from taking one name."""
     path = output_dir / file.name
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(file.data)
-    return path
+    while True:
+        try:
+            with path.open("xb") as handle:
+                handle.write(file.data)
+            return path
+        except FileExistsError:
+            match = _COUNTER.search(path.name)
+            if match:
+                number = int(match.group(1)) + 1
+                path = path.with_name(f"{path.name[:match.start()]}_{number:05}_{match.group(2)}")
+            else:
+                path = path.with_name(f"{path.stem}_1{path.suffix}")

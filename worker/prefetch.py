@@ -1,5 +1,5 @@
 """Cold start: the checkpoint files start-up will load are read into the page cache by a background thread
-while the main thread is still importing torch, diffusers and the runpod SDK (seconds of CPU work that do not
+while the main thread is still importing torch, ComfyUI and the runpod SDK (seconds of CPU work that do not
 touch those files). The load that follows then reads from memory instead of the disk or network volume, so
 the two costs overlap instead of adding up. Imports only the standard library and file-system helpers."""
 
@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from worker.config import ConfigError, Settings
-from worker.models.folders import is_model_folder, kind_folders, list_names, preload_names
-from worker.models.tiny import TINY_NAME
+from worker.preload import TINY_NAME, checkpoint_files, preload_names
 
 log = logging.getLogger(__name__)
 CHUNK = 16 << 20
@@ -31,24 +30,12 @@ class Prefetch:
 
 def planned_files(settings: Settings) -> list[Path]:
     """The files of the checkpoints start-up preloads (the built-in tiny one is written, not read)."""
-    roots, cache_dir = list(settings.model_roots), settings.cache_dir
+    available = checkpoint_files(settings)
     try:
-        names = preload_names(settings, list_names(roots, cache_dir, "checkpoints"))
+        names = preload_names(settings, list(available))
     except ConfigError:
         return []  # start-up reports it
-    files: list[Path] = []
-    for name in names:
-        if name == TINY_NAME:
-            continue
-        for folder in kind_folders(roots, cache_dir, "checkpoints"):
-            path = folder / name
-            if path.is_file():
-                files.append(path)
-                break
-            if is_model_folder(path):
-                files += sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
-                break
-    return files
+    return [available[name] for name in names if name != TINY_NAME and name in available]
 
 
 def _available_memory() -> int:

@@ -1,4 +1,5 @@
-"""The resident state of a worker process, built once at start-up and shared by every job."""
+"""The resident state of a worker process, built once at start-up and shared by every job: the embedded
+ComfyUI (worker/embed/), the preloaded checkpoints, the warm-up, and what /health reports."""
 
 from __future__ import annotations
 
@@ -11,109 +12,182 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psutil
-import torch
 
-from worker.attention.manager import AttentionManager
 from worker.config import ConfigError, Settings
-from worker.models.budget import resolve_budget
-from worker.models.folders import preload_names
-from worker.models.store import ModelStore
-from worker.sampling.capture import UNetRunner
+from worker.embed.bootstrap import EmbedOptions
+from worker.embed.engine import Engine
+from worker.errors import UserError
+from worker.preload import checkpoint_files, preload_names
+from worker.stop import StopSignal
 
 if TYPE_CHECKING:
-    from worker.custom_nodes import CustomNodes
+    from worker.attention.manager import AttentionManager
     from worker.prefetch import Prefetch
 
 log = logging.getLogger(__name__)
+WARMUP_STEPS = 2
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
-
-def pick_device(requested: str, cuda_available: bool) -> torch.device:
+def pick_device(requested: str, cuda_available: bool) -> str:
     if requested == "auto":
-        return torch.device("cuda" if cuda_available else "cpu")
+        return "cuda" if cuda_available else "cpu"
     if requested.startswith("cuda") and not cuda_available:
         raise ConfigError(f"WORKER_DEVICE={requested} but no CUDA device is visible")
-    try:
-        return torch.device(requested)
-    except RuntimeError:
-        raise ConfigError(f"WORKER_DEVICE={requested!r} is not a device name (cpu, cuda, cuda:N)") from None
+    if requested != "cpu" and not (requested == "cuda" or (requested.startswith("cuda:")
+                                                            and requested[5:].isdigit())):
+        raise ConfigError(f"WORKER_DEVICE={requested!r} is not a device name (cpu, cuda, cuda:N)")
+    return requested
 
 
-def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
-    # fp16 halves memory and uses tensor cores on GPUs; CPUs run fp32 fastest and most accurately.
-    if requested == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    return _DTYPES[requested]
+def reserve_vram_gb(budget: str | int | float, device: str) -> float | None:
+    """MODEL_MEMORY_BUDGET as ComfyUI's --reserve-vram: what model management leaves free on the GPU."""
+    if device == "cpu" or budget in ("auto", "off"):
+        return None
+    import torch
+
+    total = torch.cuda.get_device_properties(torch.device(device)).total_memory
+    allowed = budget * total if isinstance(budget, float) else float(budget)
+    return max(0.0, (total - allowed) / 1024**3)
 
 
 @dataclass
 class Runtime:
     settings: Settings
-    device: torch.device
-    dtype: torch.dtype
-    models: ModelStore
+    device: str
+    engine: Engine
     boot_seconds: dict[str, float] = field(default_factory=dict)
     # One job at a time on the device: jobs share resident models and GPU memory.
     job_lock: threading.Lock = field(default_factory=threading.Lock)
-    # The attention backend chosen at start-up and installed into every loaded model (worker/attention/).
     attention: AttentionManager | None = None
-    # ComfyUI custom nodes loaded at start-up (worker/custom_nodes.py); None when none were looked for.
-    custom_nodes: CustomNodes | None = None
-    memory_budget_note: str = ""  # how MODEL_MEMORY_BUDGET was resolved, for /health
+    preloaded: list[str] = field(default_factory=list)
+    warmup: dict[str, Any] = field(default_factory=dict)
 
     def health(self) -> dict[str, Any]:
+        gpu = None
+        if self.device.startswith("cuda"):
+            import torch
+
+            gpu = torch.cuda.get_device_name(torch.device(self.device))
         return {
-            "device": str(self.device),
-            "gpu": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None,
-            "dtype": str(self.dtype).removeprefix("torch."),
-            "resident_checkpoints": self.models.resident(),
-            "checkpoint_memory": {**self.models.memory(), "budget_setting": self.memory_budget_note},
+            "device": self.device,
+            "gpu": gpu,
+            "comfyui": self.engine.health(),
+            "preloaded_checkpoints": self.preloaded,
+            "resident_models": self.engine.resident(),
             "storage": self.settings.storage.describe(),
             "boot_seconds": {k: round(v, 3) for k, v in self.boot_seconds.items()},
+            "warmup": self.warmup,
             "attention": self.attention.health() if self.attention is not None else None,
-            "denoiser_capture": {
-                "mode": self.settings.denoiser_capture if self.device.type == "cuda" else "off (CPU)",
-                "checkpoints": self.models.capture_state(),
-            },
-            "custom_nodes": (self.custom_nodes.health() if self.custom_nodes is not None
-                             else {"dirs": [], "loaded": {}, "failed": {}}),
+            "custom_nodes": self.engine.booted.custom_nodes.health(),
         }
 
 
-def quiet_libraries() -> None:
-    """diffusers/transformers print progress bars and advice on every load; keep the log about jobs."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
+def embed_options(settings: Settings, device: str) -> EmbedOptions:
+    return EmbedOptions(
+        comfyui_dir=settings.comfyui_dir,
+        device=device,
+        model_roots=settings.model_roots,
+        extra_model_paths=settings.extra_model_paths,
+        custom_nodes=settings.custom_nodes,
+        custom_nodes_dirs=settings.custom_nodes_dirs,
+        vram_mode=settings.vram_mode,  # type: ignore[arg-type]
+        deterministic=settings.deterministic,
+        reserve_vram_gb=reserve_vram_gb(settings.model_memory_budget, device),
+        work_dir=settings.work_dir,
+    )
 
-    diffusers_logging.set_verbosity_error()
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.set_verbosity_error()
-    transformers_logging.disable_progress_bar()
+
+def warmup_prompt(checkpoint: str, width: int, height: int) -> dict[str, Any]:
+    """A short txt2img on a checkpoint, through ComfyUI's own nodes: loads it into ComfyUI's cache (so the
+    first job naming it does not load it again) and onto the device, and pays first-call costs."""
+    return {
+        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoint}},
+        "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": "warm-up", "clip": ["ckpt", 1]}},
+        "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["ckpt", 1]}},
+        "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": width, "height": height, "batch_size": 1}},
+        "sample": {"class_type": "KSampler", "inputs": {
+            "model": ["ckpt", 0], "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["latent", 0],
+            "seed": 0, "steps": WARMUP_STEPS, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal",
+            "denoise": 1.0}},
+        "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["sample", 0], "vae": ["ckpt", 2]}},
+        "save": {"class_type": "SaveImage", "inputs": {"images": ["decode", 0], "filename_prefix": "warmup"}},
+    }
+
+
+def _warm_up(runtime: Runtime, names: list[str]) -> None:
+    """Each preloaded checkpoint through warmup_prompt, results discarded. A failure is logged, not fatal."""
+    settings = runtime.settings
+    # On a CPU there is no graph to capture: the smallest image pays the first-call costs.
+    sizes = ((64, 64),) if runtime.device == "cpu" else (settings.warmup_sizes or ((512, 512),))
+    for name in names:
+        for width, height in sizes:
+            started = time.perf_counter()
+            key = f"{name} {width}x{height}"
+            prompt = warmup_prompt(name, width, height)
+            try:
+                checked = runtime.engine.validate(prompt, limits_for(settings))
+                run = runtime.engine.execute(prompt, checked.outputs, StopSignal(), None, on_save=lambda _: None).run
+                problem = run.failure.message if run.failure else None
+            except UserError as exc:
+                problem = str(exc)
+            runtime.warmup[key] = {"seconds": round(time.perf_counter() - started, 3), "error": problem}
+            if problem:
+                log.warning("warm-up of %s failed: %s", key, problem)
+
+
+def limits_for(settings: Settings):  # -> worker.embed.validate.Limits
+    from worker.embed.validate import Limits
+
+    return Limits(max_nodes=settings.max_workflow_nodes, max_side=settings.max_side, max_batch=settings.max_batch,
+                  max_steps=settings.max_steps, max_frames=settings.max_frames,
+                  max_text_chars=settings.max_text_chars)
 
 
 def start(settings: Settings | None = None, prefetch: Prefetch | None = None) -> Runtime:
-    """boot() then, unless WARMUP=off, the warm-up generation: what every entry point runs before it
-    reports ready."""
-    runtime = boot(settings)
-    if runtime.settings.warmup:
-        from worker.warmup import warm_up  # imports the engine and nodes; boot() alone does not need them
+    """Boot ComfyUI, preload and warm up: what every entry point runs before it reports ready."""
+    settings = settings or Settings.from_env()
+    started = time.perf_counter()
+    import torch
 
-        warm_up(runtime)
-        if runtime.settings.denoiser_capture == "compile":
-            from worker.sampling import compile_cache
+    device = pick_device(settings.device, torch.cuda.is_available())
+    seconds: dict[str, float] = {"import_torch": time.perf_counter() - started}
+    engine = Engine.start(embed_options(settings, device),
+                          builtin_dir=settings.builtin_models_dir if settings.builtin_checkpoint else None,
+                          ram_headroom_gb=settings.cache_ram_headroom_gb)
+    seconds.update({f"comfyui_{k}": v for k, v in engine.booted.seconds.items()})
+    runtime = Runtime(settings=settings, device=device, engine=engine, boot_seconds=seconds)
+    mark = time.perf_counter()
+    from worker.attention.manager import AttentionManager
 
-            compile_cache.save(runtime.settings.compile_cache_dir, runtime.device)
-    # Process start to ready, imports included: what a cold start costs before the first job can run.
+    runtime.attention = AttentionManager.from_settings(settings, torch.device(device), _compute_dtype(device))
+    runtime.attention.ensure_selected()
+    seconds["attention"] = time.perf_counter() - mark
+    names = preload_names(settings, sorted(set(checkpoint_files(settings)) | set(engine.model_files("checkpoints"))))
+    runtime.preloaded = names
+    mark = time.perf_counter()
+    if settings.warmup:
+        _warm_up(runtime, names)
+    elif names:  # ComfyUI runs only graphs with an output node: the warm-up is what preloads a checkpoint
+        log.info("WARMUP=off: %s load on first use", ", ".join(names))
+    seconds["load_and_warmup"] = time.perf_counter() - mark
+    seconds["boot_total"] = time.perf_counter() - started
     since_start = process_age_s()
-    runtime.boot_seconds["process_start_to_ready"] = since_start
+    seconds["process_start_to_ready"] = since_start
+    seconds["before_boot"] = max(0.0, since_start - seconds["boot_total"])
     if prefetch is not None and prefetch.done.is_set():  # overlapped the imports; not part of the sum
-        runtime.boot_seconds["prefetch_overlapped"] = prefetch.seconds
-    runtime.boot_seconds["before_boot"] = max(0.0, since_start - runtime.boot_seconds["total"]
-                                              - runtime.boot_seconds.get("warmup", 0.0))
-    log.info("ready %.2fs after process start (imports and settings before boot: %.2fs)",
-             since_start, runtime.boot_seconds["before_boot"])
+        seconds["prefetch_overlapped"] = prefetch.seconds
+    log.info("worker ready on %s %.2fs after process start: %s; preloaded: %s; storage: %s", device, since_start,
+             " ".join(f"{k}={v:.2f}s" for k, v in seconds.items() if k != "process_start_to_ready"),
+             ", ".join(names) or "none", settings.storage.describe())
+    if settings.storage.problem:
+        log.warning("object storage is not usable: %s", settings.storage.problem)
     return runtime
+
+
+def _compute_dtype(device: str):  # -> torch.dtype
+    import torch
+
+    return torch.float16 if device.startswith("cuda") else torch.float32
 
 
 def process_age_s() -> float:
@@ -125,59 +199,3 @@ def process_age_s() -> float:
         return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return time.time() - psutil.Process().create_time()
-
-
-def prepare(checkpoint: Any, attention: AttentionManager, capture: str) -> None:
-    """Per freshly loaded checkpoint: the attention backend (the first model chooses it, on its shapes; each
-    gets it installed), then the denoiser runner (eager or CUDA-graph capture)."""
-    attention.on_load(checkpoint)
-    checkpoint.model.runner = UNetRunner(checkpoint.model.unet, capture)
-
-
-def boot(settings: Settings | None = None) -> Runtime:
-    started = time.perf_counter()
-    settings = settings or Settings.from_env()
-    quiet_libraries()
-    device = pick_device(settings.device, torch.cuda.is_available())
-    dtype = pick_dtype(settings.dtype, device)
-    attention = AttentionManager.from_settings(settings, device, dtype)
-    memory_budget, budget_note = resolve_budget(settings.model_memory_budget, device)
-    if settings.denoiser_capture == "compile":
-        from worker.sampling import compile_cache
-
-        compile_cache.load(settings.compile_cache_dir, device)  # before anything compiles
-    store = ModelStore(
-        roots=list(settings.model_roots),
-        cache_dir=settings.cache_dir,
-        device=device,
-        dtype=dtype,
-        max_resident=settings.max_resident_checkpoints,
-        on_load=lambda checkpoint: prepare(checkpoint, attention, settings.denoiser_capture),
-        memory_budget=memory_budget,
-    )
-    runtime = Runtime(settings=settings, device=device, dtype=dtype, models=store, attention=attention,
-                      memory_budget_note=budget_note)
-    if any(folder.is_dir() for folder in settings.custom_nodes_dirs):
-        from worker.custom_nodes import load_custom_nodes  # imports the engine and the built-in nodes
-
-        custom_started = time.perf_counter()
-        runtime.custom_nodes = load_custom_nodes(settings.custom_nodes_dirs)
-        runtime.boot_seconds["custom_nodes"] = time.perf_counter() - custom_started
-    loading = time.perf_counter()
-    for name in preload_names(settings, store.list("checkpoints")):
-        store.checkpoint(name)
-    attention.ensure_selected()  # chosen on SD1.5's shapes when no model was preloaded
-    runtime.boot_seconds["load_models"] = time.perf_counter() - loading
-    runtime.boot_seconds["attention"] = attention.seconds
-    runtime.boot_seconds["total"] = time.perf_counter() - started
-    log.info(
-        "worker ready on %s (%s) in %.2fs; resident: %s; storage: %s",
-        device,
-        runtime.health()["dtype"],
-        runtime.boot_seconds["total"],
-        ", ".join(store.resident()) or "none",
-        settings.storage.describe(),
-    )
-    if settings.storage.problem:
-        log.warning("object storage is not usable: %s", settings.storage.problem)
-    return runtime

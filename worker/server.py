@@ -8,7 +8,7 @@ Routes, each also under /v2/{endpoint_id}/:
   POST /cancel/{id}         cancel a queued or running job (stops within one sampler step)
   GET /health               RunPod's {"jobs", "workers"} counts plus this worker's state
   GET /ping                 load-balancer probe: 204 while loading and warming up, 200 when ready
-  GET /object_info[/{node}] ComfyUI's node catalogue: inputs, ranges, defaults, model files per input
+  GET /object_info[/{node}] ComfyUI's node catalogue, as ComfyUI's own server answers it
   GET /models[/{folder}]    model folders, or the file names in one (checkpoints, loras, ...)
 The models load in the background after the server is up, so /ping can say "initializing".
 """
@@ -28,11 +28,8 @@ import aiohttp
 from aiohttp import web
 
 from worker.config import Settings
-from worker.engine import registry
-from worker.engine.introspect import object_info
 from worker.jobqueue import FINAL, JobService, QueueFull
-from worker.jobs import choices_for, limits_for, run_job
-from worker.models.folders import FOLDERS
+from worker.jobs import run_job
 from worker.progress import Throttle
 from worker.runtime import Runtime, start
 
@@ -158,13 +155,16 @@ async def node_info(request: web.Request) -> web.Response:
     runtime = _ready_runtime(request)
     if isinstance(runtime, web.Response):
         return runtime
-    info = await asyncio.to_thread(object_info, registry(), choices_for(runtime, {}), limits_for(runtime))
     wanted = request.match_info.get("class_type")
-    if wanted is None:
-        return web.json_response(info)
-    if wanted not in info:
+    if wanted is not None and wanted not in runtime.engine.node_types:
         return _error(404, f"unknown node type {wanted!r}")
-    return web.json_response({wanted: info[wanted]})
+    info = await asyncio.to_thread(runtime.engine.object_info, wanted)
+    return web.json_response(info, dumps=_dumps)
+
+
+def _dumps(value: Any) -> str:
+    # INPUT_TYPES may hold values JSON has no name for (a node's own objects): as text, as ComfyUI's does not.
+    return json.dumps(value, default=str)
 
 
 async def models(request: web.Request) -> web.Response:
@@ -172,11 +172,12 @@ async def models(request: web.Request) -> web.Response:
     if isinstance(runtime, web.Response):
         return runtime
     folder = request.match_info.get("folder")
+    folders = runtime.engine.model_folders()
     if folder is None:
-        return web.json_response(sorted(FOLDERS))
-    if folder not in FOLDERS:
-        return _error(404, f"unknown model folder {folder!r}; folders: {', '.join(sorted(FOLDERS))}")
-    return web.json_response(await asyncio.to_thread(runtime.models.list, folder))
+        return web.json_response(folders)
+    if folder not in folders:
+        return _error(404, f"unknown model folder {folder!r}; folders: {', '.join(folders)}")
+    return web.json_response(await asyncio.to_thread(runtime.engine.model_files, folder))
 
 
 async def _post_json(url: str, body: dict[str, Any]) -> None:

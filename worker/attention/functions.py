@@ -3,13 +3,10 @@ runs, and the check that a function computes attention before the worker trusts 
 
 from __future__ import annotations
 
-import math
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -87,39 +84,6 @@ DEFAULT_SHAPES = tuple(
     for dim, tokens, count in ((40, 4096, 5), (80, 1024, 5), (160, 256, 5), (160, 64, 1))
     for kv in (tokens, TEXT_TOKENS)
 )
-
-
-def model_shapes(unet: Any, text_tokens: int = TEXT_TOKENS) -> list[AttnShape]:
-    """The distinct attention calls of one UNet forward at its default resolution (config.sample_size),
-    read from its Attention modules: heads and head dim from the projections, sequence lengths from the
-    block's resolution level, cross-attention keys from one text chunk."""
-    from diffusers.models.attention_processor import Attention
-
-    side = unet.config.sample_size
-    height, width = side if isinstance(side, list | tuple) else (side, side)
-    levels = len(unet.config.block_out_channels)
-    counts: Counter[tuple[int, int, int, int]] = Counter()
-    for name, module in unet.named_modules():
-        if not isinstance(module, Attention):
-            continue
-        h, w = height, width
-        for _ in range(_level(name, levels)):
-            h, w = math.ceil(h / 2), math.ceil(w / 2)
-        heads = module.heads
-        head_dim = module.to_k.out_features // heads
-        kv = text_tokens if module.is_cross_attention else h * w
-        counts[(heads, head_dim, h * w, kv)] += 1
-    return [AttnShape(*key, count=n) for key, n in sorted(counts.items())]
-
-
-def _level(name: str, levels: int) -> int:
-    """Resolution level of a UNet submodule: down_blocks.i at i halvings, up_blocks.j mirrored, mid lowest."""
-    parts = name.split(".")
-    if parts[0] == "down_blocks":
-        return int(parts[1])
-    if parts[0] == "up_blocks":
-        return levels - 1 - int(parts[1])
-    return levels - 1
 
 
 def random_qkv(shape: AttnShape, batch: int, device: torch.device, dtype: torch.dtype, seed: int):

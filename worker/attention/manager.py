@@ -2,8 +2,9 @@
 
 select():  facts -> policy plan -> load each candidate from the baked builds -> verify it on the model's real
            shapes -> first one that passes (or, with autotune, the fastest that passes; cached on disk).
-on_load(): ModelStore's hook. The first model triggers select() with its own shapes; every model gets the
-           chosen function verified on its shapes and installed, or keeps diffusers' SDPA if that fails.
+The chosen function is reported in /health and job metadata; ComfyUI's models run PyTorch SDPA (the
+embedded ComfyUI is started with --use-pytorch-cross-attention) until it is installed through ComfyUI's
+attention override.
 Nothing here raises into start-up: the worst outcome is plain PyTorch SDPA, logged with the reason.
 """
 
@@ -26,7 +27,6 @@ from worker.attention.functions import (
     AttnShape,
     Verification,
     kernel_function,
-    model_shapes,
     sdpa_function,
     time_ms,
     verify,
@@ -56,7 +56,7 @@ def probe_system(device: torch.device, dtype: torch.dtype) -> SystemInfo:
 class Choice:
     backend: str
     reason: str
-    fn: AttnFn | None  # None: "sdpa", diffusers' default processor stays in place
+    fn: AttnFn | None  # None: "sdpa", PyTorch SDPA as ComfyUI calls it
     spec: KernelSpec | None = None
     availability: Availability | None = None
     verification: Verification | None = None
@@ -122,7 +122,7 @@ class AttentionManager:
             log.warning("ATTENTION_BACKEND=%s was rejected (%s); using %s", plan.forced,
                         next((r.reason for r in rejected if r.backend == plan.forced), "?"), choice.backend)
         log.info("attention: %s (%s); %s; rejected: %s; %.2fs", choice.backend, choice.reason,
-                 choice.verification.detail if choice.verification else "diffusers' default processor",
+                 choice.verification.detail if choice.verification else "PyTorch SDPA",
                  "; ".join(r.reason for r in rejected) or "none", choice.seconds)
         return choice
 
@@ -172,38 +172,6 @@ class AttentionManager:
         choice.autotune = {**decision, "cached": False, "key": key}
         choice.reason = f"autotune: fastest of {', '.join(timings)}; {choice.reason}"
         return choice
-
-    # ---- installation ----------------------------------------------------------------------------------
-    def on_load(self, checkpoint: Any) -> None:
-        """ModelStore hook: never raises, a failure leaves the model on diffusers' SDPA."""
-        started = time.perf_counter()
-        unet = getattr(checkpoint.model, "unet", None)
-        try:
-            self.models[checkpoint.name] = self._install(unet) if unet is not None else {"backend": "sdpa"}
-        except Exception as exc:
-            log.exception("attention: could not install into %s; it keeps PyTorch SDPA", checkpoint.name)
-            self.models[checkpoint.name] = {"backend": "sdpa", "error": str(exc)[:300]}
-        self.seconds += time.perf_counter() - started
-
-    def _install(self, unet: torch.nn.Module) -> dict[str, Any]:
-        from worker.attention.processor import KernelAttnProcessor, install
-
-        shapes = model_shapes(unet)
-        choice = self.choice or self.select(shapes)
-        if choice.fn is None:
-            return {"backend": "sdpa"}
-        spec = choice.spec
-        if tuple(shapes) != choice.shapes:  # chosen on another model's shapes: check this one's
-            result = self._check(choice.fn, spec, shapes)
-            if not result.ok:
-                log.warning("attention: %s rejected for this model (%s); it keeps PyTorch SDPA", choice.backend,
-                            result.detail)
-                return {"backend": "sdpa", "rejected": f"{choice.backend}: {result.detail}"}
-        dtypes = tuple(getattr(torch, name) for name in spec.dtypes) if spec else None
-        processor = KernelAttnProcessor(choice.fn, choice.backend, dtypes)
-        report = install(unet, processor, spec.max_head_dim if spec else None, spec.head_dim_multiple if spec else 1)
-        return {"backend": choice.backend if report.installed else "sdpa", "modules": report.installed,
-                "skipped": report.skipped}
 
     def _check(self, fn: AttnFn, spec: KernelSpec | None, shapes: Sequence[AttnShape]) -> Verification:
         """verify() on the shapes whose head dim the kernel takes (the others keep SDPA when installed)."""

@@ -120,7 +120,7 @@ def plan(
     if override == "auto":
         return auto
     if override == "sdpa":
-        return Plan([Candidate("sdpa", "ATTENTION_BACKEND=sdpa: diffusers' default PyTorch SDPA")], forced="sdpa")
+        return Plan([Candidate("sdpa", "ATTENTION_BACKEND=sdpa: PyTorch SDPA as ComfyUI calls it")], forced="sdpa")
     if override in specs:
         problem = kernel_problem(specs[override], system, available.get(override))
     elif override in SDPA_BACKENDS:

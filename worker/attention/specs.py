@@ -26,7 +26,7 @@ FA3 = KernelSpec("fa3", "kernels-community/flash-attn3", 1, "flash-attn3", ("8.0
 FA2 = KernelSpec("fa2", "kernels-community/flash-attn2", 3, "flash-attn2", ("8.0", "9.0", "10.0", "12.0"))
 KERNELS: dict[str, KernelSpec] = {spec.name: spec for spec in (FA3, FA2)}
 
-# PyTorch SDPA: "sdpa" is diffusers' default processor untouched (PyTorch picks the kernel per call);
+# PyTorch SDPA: "sdpa" is PyTorch SDPA as ComfyUI calls it (PyTorch picks the kernel per call);
 # the others force one SDPA backend through torch.nn.attention.sdpa_kernel.
 SDPA_BACKENDS = ("sdpa", "sdpa-cudnn", "sdpa-flash", "sdpa-efficient")
 BACKENDS = (*KERNELS, *SDPA_BACKENDS)

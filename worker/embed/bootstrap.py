@@ -1,0 +1,232 @@
+"""ComfyUI brought up as a library in this process: settings before its first import, model folders, the
+`server` stand-in, built-in and custom nodes, our output node. Nothing here starts ComfyUI's HTTP server.
+
+Order matters and is ComfyUI's, not ours (REFERENCE section 7): `comfy.cli_args.args` is read at import by
+`comfy.model_management`, `folder_paths` and the attention module, so it is set first; `utils.extra_config`
+is imported before `nodes`, which puts `<ComfyUI>/comfy` at the front of sys.path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from worker.embed import install, server_stub, torchvision_shim
+
+log = logging.getLogger(__name__)
+
+VramMode = Literal["auto", "gpu_only", "highvram", "normalvram", "lowvram", "novram"]
+# Model roots of worker-comfyui's network-volume layout, searched besides the worker's own.
+VOLUME_COMFYUI = Path("/runpod-volume/ComfyUI")
+
+
+@dataclass(frozen=True)
+class EmbedOptions:
+    comfyui_dir: Path | None  # None: install.DEFAULT_DIRS
+    device: str  # "cpu" or "cuda[:N]"
+    model_roots: tuple[Path, ...]  # each holds ComfyUI's folders (checkpoints/, loras/, ...)
+    extra_model_paths: tuple[Path, ...] = ()  # extra_model_paths.yaml files, as ComfyUI reads them
+    custom_nodes: bool = True
+    custom_nodes_dirs: tuple[Path, ...] = ()
+    vram_mode: VramMode = "auto"
+    deterministic: bool = False
+    reserve_vram_gb: float | None = None  # what ComfyUI leaves free on the GPU (MODEL_MEMORY_BUDGET)
+    work_dir: Path = Path("/tmp/worker-comfyui")  # output/input/temp/user folders of the process
+
+
+@dataclass
+class CustomNodeReport:
+    dirs: list[str] = field(default_factory=list)
+    loaded: dict[str, list[str]] = field(default_factory=dict)  # module -> node types it added
+    failed: dict[str, str] = field(default_factory=dict)  # module -> why
+
+    def health(self) -> dict[str, Any]:
+        return {"dirs": self.dirs, "loaded": self.loaded, "failed": self.failed}
+
+
+@dataclass
+class Booted:
+    installed: install.Installed
+    pin: install.Pin
+    custom_nodes: CustomNodeReport
+    builtin_failed: list[str]  # comfy_extras modules that did not import (e.g. audio without torchaudio)
+    node_count: int
+    seconds: dict[str, float]
+    torchvision_shimmed: tuple[str, ...]
+
+
+def _set_args(options: EmbedOptions) -> None:
+    from comfy.cli_args import args
+
+    device = options.device
+    args.cpu = device == "cpu"
+    if device.startswith("cuda:"):
+        args.cuda_device = int(device.partition(":")[2])
+    args.deterministic = options.deterministic
+    # PyTorch SDPA everywhere: our attention policy (worker/attention) overrides it per model where it is
+    # faster; on a CPU it is ~12 % faster than ComfyUI's sub-quadratic default.
+    args.use_pytorch_cross_attention = True
+    if args.cpu:
+        args.fp32_text_enc = True  # fp16 text encoders on a CPU are slow and lose precision
+    mode = options.vram_mode
+    if mode == "auto":
+        mode = "normalvram" if args.cpu else "highvram"  # resident on the GPU between jobs
+    for flag in ("gpu_only", "highvram", "normalvram", "lowvram", "novram"):
+        setattr(args, flag, flag == mode)
+    if options.reserve_vram_gb is not None:
+        args.reserve_vram = options.reserve_vram_gb
+    args.disable_all_custom_nodes = not options.custom_nodes
+    args.disable_api_nodes = True
+    args.dont_print_server = True
+    for name in ("output", "input", "temp", "user"):
+        (options.work_dir / name).mkdir(parents=True, exist_ok=True)
+    args.output_directory = str(options.work_dir / "output")
+    args.input_directory = str(options.work_dir / "input")
+    args.temp_directory = str(options.work_dir / "temp")
+    args.user_directory = str(options.work_dir / "user")
+
+
+def _add_to_path(comfy_dir: Path) -> None:
+    """ComfyUI's root goes before site-packages (its `utils`, `app`, `server` packages must win there) but
+    after this project's root (ComfyUI has a `tests` package too)."""
+    entry = str(comfy_dir)
+    if entry in sys.path:
+        return
+    index = next((i for i, p in enumerate(sys.path) if "site-packages" in p or "dist-packages" in p), len(sys.path))
+    sys.path.insert(index, entry)
+
+
+def _model_folders(options: EmbedOptions) -> None:
+    """Every folder kind ComfyUI knows, under each of our roots, with ComfyUI's own sub-folder names
+    (text_encoders also in clip/, diffusion_models also in unet/, ...)."""
+    import folder_paths
+
+    models_dir = Path(folder_paths.models_dir)
+    roots = [*options.model_roots, VOLUME_COMFYUI / "models"]
+    for kind, (paths, _extensions) in list(folder_paths.folder_names_and_paths.items()):
+        if kind == "custom_nodes":
+            continue
+        subfolders = [Path(p).relative_to(models_dir) for p in paths if Path(p).is_relative_to(models_dir)]
+        for root in roots:
+            for sub in subfolders:
+                folder_paths.add_model_folder_path(kind, str(root / sub))
+    for yaml_path in options.extra_model_paths:
+        from utils.extra_config import load_extra_path_config
+
+        load_extra_path_config(str(yaml_path))
+
+
+def _custom_node_dirs(options: EmbedOptions) -> list[Path]:
+    # ComfyUI aborts node loading on a custom_nodes path that does not exist: only existing ones.
+    candidates = [*options.custom_nodes_dirs, VOLUME_COMFYUI / "custom_nodes"]
+    return [d.resolve() for d in dict.fromkeys(candidates) if d.is_dir()]
+
+
+class _Capture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+async def _load_custom_nodes(dirs: list[Path]) -> CustomNodeReport:
+    """Each module of each folder through ComfyUI's own loader (V1 NODE_CLASS_MAPPINGS or V3
+    comfy_entrypoint); what failed is kept with the reason ComfyUI logged. Built-in names are never
+    overridden."""
+    import nodes
+
+    report = CustomNodeReport(dirs=[str(d) for d in dirs])
+    builtin = set(nodes.NODE_CLASS_MAPPINGS)
+    for folder in dirs:
+        for entry in sorted(folder.iterdir()):
+            if entry.name.startswith((".", "__")) or entry.name.endswith(".disabled"):
+                continue
+            if entry.is_file() and entry.suffix != ".py":
+                continue
+            if entry.is_dir() and not (entry / "__init__.py").is_file():
+                continue
+            before = set(nodes.NODE_CLASS_MAPPINGS)
+            capture = _Capture()
+            logging.getLogger().addHandler(capture)
+            try:
+                ok = await nodes.load_custom_node(str(entry), builtin, module_parent="custom_nodes")
+            finally:
+                logging.getLogger().removeHandler(capture)
+            if ok:
+                report.loaded[entry.name] = sorted(set(nodes.NODE_CLASS_MAPPINGS) - before)
+            else:
+                reason = next((m.split(": ", 1)[-1] for m in reversed(capture.messages) if "Cannot import" in m),
+                              capture.messages[-1].splitlines()[-1] if capture.messages else "did not load")
+                report.failed[entry.name] = reason
+                log.warning("custom node %s did not load: %s", entry, reason)
+    return report
+
+
+def prepare_import(comfyui_dir: Path | None) -> Path:
+    """ComfyUI importable (path, torchvision, argv never parsed) without initialising it: enough for code
+    that only builds models from its classes (worker/embed/tiny.py). Returns the ComfyUI folder."""
+    comfy_dir = install.find(comfyui_dir)
+    _add_to_path(comfy_dir)
+    torchvision_shim.ensure_importable()
+    import comfy.options
+
+    comfy.options.enable_args_parsing(False)
+    return comfy_dir
+
+
+def boot(options: EmbedOptions) -> Booted:
+    """Import and initialise ComfyUI once per process. A second call is refused: ComfyUI's settings and
+    node table are process-global."""
+    if "nodes" in sys.modules and hasattr(sys.modules["nodes"], "NODE_CLASS_MAPPINGS"):
+        raise RuntimeError("ComfyUI is already initialised in this process")
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    comfy_dir = prepare_import(options.comfyui_dir)
+    installed, pin = install.inspect(comfy_dir), install.read_pin()
+    if installed.commit != pin.commit:
+        log.warning("ComfyUI at %s is commit %s, not the pinned %s (%s)", comfy_dir, installed.commit,
+                    pin.commit, pin.version)
+    shimmed = torchvision_shim.shimmed
+    _set_args(options)
+    server_stub.install()
+    import comfy.model_management
+    import comfy.utils
+    import folder_paths
+    import utils.extra_config  # noqa: F401  (before nodes: see the module docstring)
+
+    comfy.utils.PROGRESS_BAR_ENABLED = False  # tqdm bars on stderr; progress goes through our hook instead
+    _model_folders(options)
+    seconds["comfy_import"] = time.perf_counter() - started
+
+    import nodes
+
+    seconds["nodes_import"] = time.perf_counter() - started - seconds["comfy_import"]
+    mark = time.perf_counter()
+    builtin_failed = asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False)) or []
+    seconds["builtin_nodes"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    dirs = _custom_node_dirs(options) if options.custom_nodes else []
+    for folder in dirs:
+        folder_paths.add_model_folder_path("custom_nodes", str(folder))
+    import hook_breaker_ac10a0
+
+    hook_breaker_ac10a0.save_functions()  # what custom nodes must not replace; restored after each prompt
+    report = asyncio.run(_load_custom_nodes(dirs)) if dirs else CustomNodeReport()
+    hook_breaker_ac10a0.restore_functions()
+    seconds["custom_nodes"] = time.perf_counter() - mark
+
+    from worker.embed import save
+
+    save.register(nodes)
+    log.info("ComfyUI %s (commit %s) from %s: %d node types, %d built-in modules failed, custom nodes: %d "
+             "loaded, %d failed", installed.version, (installed.commit or "unknown")[:12], comfy_dir,
+             len(nodes.NODE_CLASS_MAPPINGS), len(builtin_failed), len(report.loaded), len(report.failed))
+    return Booted(installed=installed, pin=pin, custom_nodes=report, builtin_failed=list(builtin_failed),
+                  node_count=len(nodes.NODE_CLASS_MAPPINGS), seconds=seconds, torchvision_shimmed=shimmed)

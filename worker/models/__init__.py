@@ -1,1 +1,0 @@
-"""Model store (names -> files -> resident modules) and the model wrappers nodes pass around."""

@@ -1,1 +1,0 @@
-"""Noise schedules, samplers and the KSampler procedure (pure math over a denoiser function)."""
