@@ -170,7 +170,7 @@ class Engine:
         UserError listing every problem."""
         self.limits_check(prompt, limits)
         ok, error, outputs, node_errors = self.runner.validate(prompt)
-        problems = comfy_problems(prompt, error, node_errors)
+        problems = comfy_problems(prompt, error, node_errors, self.node_types)
         if not ok or problems:
             raise UserError.many("invalid workflow", problems or ["ComfyUI refused the workflow"])
         return Checked(outputs=[str(o) for o in outputs], warnings=unused_inputs(prompt, self.node_types))

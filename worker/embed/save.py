@@ -68,8 +68,10 @@ def register(nodes: Any) -> None:
             text: dict[str, str] | None = None
             if sink.metadata and not args.disable_metadata:
                 text = {}
-                if prompt is not None:
-                    text["prompt"] = json.dumps(prompt)
+                if prompt is not None:  # as sent: without the is_changed marks ComfyUI adds while it runs
+                    text["prompt"] = json.dumps({node_id: {k: v for k, v in node.items() if k != "is_changed"}
+                                                 if isinstance(node, dict) else node
+                                                 for node_id, node in prompt.items()})
                 for key, value in (extra_pnginfo or {}).items():
                     text[key] = json.dumps(value)
             results = []

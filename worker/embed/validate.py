@@ -120,15 +120,35 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def comfy_problems(prompt: Mapping[str, Any], error: Any, node_errors: Mapping[str, Any]) -> list[str]:
+def choices(definition: Any, input_name: str) -> list[Any] | None:
+    """A COMBO input's allowed values from a node definition (V1 list, or V3 "COMBO" with options)."""
+    try:
+        declared = definition.INPUT_TYPES()
+    except Exception:
+        return None
+    for section in ("required", "optional"):
+        spec = declared.get(section, {}).get(input_name)
+        if not spec:
+            continue
+        kind = spec[0] if isinstance(spec, list | tuple) else None
+        if isinstance(kind, list | tuple):
+            return list(kind)
+        if kind == "COMBO" and len(spec) > 1 and isinstance(spec[1], dict):
+            return list(spec[1].get("options", []))
+    return None
+
+
+def comfy_problems(prompt: Mapping[str, Any], error: Any, node_errors: Mapping[str, Any],
+                   node_types: Mapping[str, Any] | None = None) -> list[str]:
     """ComfyUI's validate_prompt result as our lines. Its own messages are kept (they are good and
     documented), prefixed with the node and input they concern; long choice lists are cut."""
     problems: list[str] = []
     for node_id, entry in node_errors.items():
         node = prompt.get(node_id, {})
         label = _label(str(node_id), node) if node else f"node {node_id} ({entry.get('class_type')})"
+        definition = (node_types or {}).get(entry.get("class_type") or node.get("class_type"))
         for item in entry.get("errors", []):
-            problems.append(f"{label}{_describe(item, node)}")
+            problems.append(f"{label}{_describe(item, node, definition)}")
     if not problems and isinstance(error, dict):
         message = str(error.get("message", "invalid workflow"))
         details = str(error.get("details") or "")
@@ -140,7 +160,7 @@ def comfy_problems(prompt: Mapping[str, Any], error: Any, node_errors: Mapping[s
     return problems
 
 
-def _describe(item: Mapping[str, Any], node: Mapping[str, Any]) -> str:
+def _describe(item: Mapping[str, Any], node: Mapping[str, Any], definition: Any = None) -> str:
     extra = item.get("extra_info") or {}
     name = extra.get("input_name")
     kind, message = item.get("type"), str(item.get("message", "invalid"))
@@ -149,13 +169,12 @@ def _describe(item: Mapping[str, Any], node: Mapping[str, Any]) -> str:
     if kind == "required_input_missing":
         return f"{where}: required input is missing; this node type needs it (a value or a link)"
     if kind == "value_not_in_list":
-        config = extra.get("input_config")
-        choices = config[0] if isinstance(config, list | tuple) and config and isinstance(config[0], list) else None
+        allowed = choices(definition, name) if definition is not None and name else None
         received = _short(extra.get("received_value"))
-        if choices is None:
+        if allowed is None:
             return f"{where}: {received!r} is not one of the allowed values ({details.split(' not in ', 1)[-1]})"
-        listed = ", ".join(repr(c) for c in choices[:_MAX_LISTED])
-        more = f", ... ({len(choices)} in all)" if len(choices) > _MAX_LISTED else ""
+        listed = ", ".join(repr(c) for c in allowed[:_MAX_LISTED])
+        more = f", ... ({len(allowed)} in all)" if len(allowed) > _MAX_LISTED else ""
         return f"{where}: {received!r} is not one of the allowed values: {listed or 'none available'}{more}"
     if kind in ("value_smaller_than_min", "value_bigger_than_max", "invalid_input_type", "return_type_mismatch",
                 "custom_validation_failed", "bad_linked_input"):
