@@ -160,7 +160,16 @@ def start(settings: Settings | None = None, prefetch: Prefetch | None = None) ->
     from worker.attention.manager import AttentionManager
 
     runtime.attention = AttentionManager.from_settings(settings, torch.device(device), _compute_dtype(device))
-    runtime.attention.ensure_selected()
+    choice = runtime.attention.ensure_selected()
+    if choice.fn is not None:  # a kernel beat PyTorch SDPA (which ComfyUI already runs): into its models
+        from worker.embed.attention import AttentionOverride
+
+        spec = choice.spec
+        engine.install_attention(AttentionOverride(
+            choice.fn, choice.backend,
+            dtypes=tuple(getattr(torch, name) for name in spec.dtypes) if spec else None,
+            max_head_dim=spec.max_head_dim if spec else None,
+            head_dim_multiple=spec.head_dim_multiple if spec else 1))
     seconds["attention"] = time.perf_counter() - mark
     names = preload_names(settings, sorted(set(checkpoint_files(settings)) | set(engine.model_files("checkpoints"))))
     runtime.preloaded = names

@@ -16,7 +16,6 @@ REPO = Path(__file__).resolve().parents[2]
     ("script", "header"),
     [
         ("bench/attention.py", ["shape (b, heads, seq, dim)", "backend", "ms", "TFLOP/s", "vs fastest", "err"]),
-        ("bench/denoiser_step.py", ["backend", "ms/step", "vs fastest", "diff"]),
     ],
 )
 def test_bench_runs_tiny_and_prints_its_table(script: str, header: list[str], tmp_path: Path) -> None:

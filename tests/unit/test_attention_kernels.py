@@ -1,4 +1,5 @@
-"""Verification before use and the processor that puts a kernel into a model, on CPU with the stand-ins."""
+"""Verification before use and the override that puts a kernel into ComfyUI's attention, on CPU with the
+stand-ins."""
 
 from __future__ import annotations
 
@@ -8,19 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from worker.attention.functions import (
     DEFAULT_SHAPES,
     AttnShape,
     kernel_function,
-    model_shapes,
     sdpa_function,
     verify,
 )
 from worker.attention.loading import load_module
-from worker.attention.processor import KernelAttnProcessor, install, uninstall
 from worker.attention.specs import FA2, FA3
+from worker.embed.attention import AttentionOverride, wrap_loaders
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "kernels"
 CPU = torch.device("cpu")
@@ -95,92 +94,78 @@ def test_wrong_kernels_are_rejected_with_the_reason(bad, message) -> None:
     assert re.search(message, result.detail), result.detail
 
 
-def test_tiny_unet_shapes_come_from_its_attention_modules(tiny_store) -> None:
-    unet = tiny_store.checkpoint("tiny-sd").model.unet
-    # sample_size 8, attention at the second level (4x4 latents), 8 heads of 8 channels, 4 blocks.
-    assert model_shapes(unet) == [AttnShape(8, 8, 16, 16, count=4), AttnShape(8, 8, 16, 77, count=4)]
-
-
 def test_default_shapes_are_sd15_at_512() -> None:
-    from diffusers import UNet2DConditionModel
-
-    with torch.device("meta"):  # the real architecture, no weights allocated
-        unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768)
-    assert model_shapes(unet) == sorted(DEFAULT_SHAPES, key=lambda s: (s.heads, s.head_dim, s.q_len, s.kv_len))
-    assert {(s.head_dim, s.q_len) for s in DEFAULT_SHAPES} >= {(40, 4096), (80, 1024), (160, 256), (160, 64)}
-
-
-@pytest.fixture
-def tiny_store(cache_dir: Path):
-    """A store of its own: the session `runtime` fixture's UNet must not get these processors."""
-    from worker.models.store import ModelStore
-
-    return ModelStore(roots=[], cache_dir=cache_dir, device=CPU, dtype=torch.float32)
-
-
-def unet_inputs(batch: int = 2):
-    gen = torch.Generator().manual_seed(1)
-    return (torch.randn(batch, 4, 8, 8, generator=gen), torch.tensor([500.0] * batch),
-            torch.randn(batch, 77, 32, generator=gen))
+    assert {(s.heads, s.head_dim, s.q_len) for s in DEFAULT_SHAPES} == {
+        (8, 40, 4096), (8, 80, 1024), (8, 160, 256), (8, 160, 64)}
 
 
 @pytest.mark.parametrize(("module", "spec"), [("fa2", FA2), ("fa3_tuple", FA3)])
-def test_installed_kernel_keeps_the_unet_output_and_is_called(tiny_store, module, spec, request) -> None:
-    kernel = request.getfixturevalue(module)
-    unet = tiny_store.checkpoint("tiny-sd").model.unet
-    x, t, context = unet_inputs(batch=2)
-    with torch.inference_mode():
-        expected = unet(x, t, encoder_hidden_states=context).sample
-        report = install(unet, KernelAttnProcessor(kernel_function(kernel, spec), spec.name), spec.max_head_dim, 8)
-        before = kernel.CALLS
-        got = unet(x, t, encoder_hidden_states=context).sample
-    assert report.installed == 8 and not report.skipped
-    assert kernel.CALLS - before == 8  # every attention call of the forward went through the kernel
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
-    uninstall(unet)
-    assert all(isinstance(p, AttnProcessor2_0) for p in unet.attn_processors.values())
+@pytest.mark.parametrize("skip_reshape", [False, True])
+def test_a_kernel_in_comfyuis_attention_call_keeps_its_output(runtime, module, spec, skip_reshape, request) -> None:
+    """Both of ComfyUI's layouts ((b, seq, heads*dim) and, with skip_reshape, (b, heads, seq, dim)) through
+    the override into the kernel's (b, seq, heads, dim) and back."""
+    from comfy.ldm.modules.attention import attention_pytorch
+
+    override = AttentionOverride(kernel_function(request.getfixturevalue(module), spec), module)
+    q, k, v = qkv(q_len=24, kv_len=24)
+    if skip_reshape:
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        args = {"skip_reshape": True, "skip_output_reshape": True}
+    else:
+        q, k, v = (t.reshape(2, 24, 4 * 16) for t in (q, k, v))
+        args = {}
+    expected = attention_pytorch(q, k, v, 4, **args)
+    got = attention_pytorch(q, k, v, 4, transformer_options={"optimized_attention_override": override}, **args)
+    assert got.shape == expected.shape
+    assert torch.allclose(got, expected, atol=1e-4)
+    again = attention_pytorch(q, k, v, 4, transformer_options={"optimized_attention_override": override}, **args)
+    assert torch.allclose(again, expected, atol=1e-4)
+    assert override.calls["kernel"] == 2 and list(override.shapes.values()) == [True]
 
 
-def test_head_dims_the_kernel_cannot_take_keep_sdpa(tiny_store, fa2) -> None:
-    unet = tiny_store.checkpoint("tiny-sd").model.unet
-    report = install(unet, KernelAttnProcessor(kernel_function(fa2, FA2), "fa2"), max_head_dim=4)
-    assert report.installed == 0 and len(report.skipped) == 8
-    assert "head dim 8" in next(iter(report.skipped.values()))
+def test_head_dims_the_kernel_cannot_take_go_to_comfyui(runtime, fa2) -> None:
+    from comfy.ldm.modules.attention import attention_pytorch
+
+    override = AttentionOverride(kernel_function(fa2, FA2), "fa2", max_head_dim=8)
+    q = torch.randn(2, 10, 4 * 16)
+    attention_pytorch(q, q, q, 4, transformer_options={"optimized_attention_override": override})
+    assert override.calls == {"comfyui": 1} and not override.shapes
 
 
-ATTENTION_CONFIGS = {
-    # the VAE's attention: 4-D input, group norm, residual, rescale
-    "vae-block": dict(query_dim=32, heads=2, dim_head=16, norm_num_groups=8, residual_connection=True,
-                      rescale_output_factor=2.0, bias=True, _from_deprecated_attn_block=True),
-    "cross-norm": dict(query_dim=32, cross_attention_dim=24, heads=2, dim_head=16, cross_attention_norm="layer_norm"),
-    "qk-norm": dict(query_dim=32, heads=4, dim_head=8, qk_norm="layer_norm"),
-}
+def test_loaders_that_return_a_model_carry_the_override() -> None:
+    """wrap_loaders over a node table: built-in V1 loaders of MODEL are wrapped, others are left alone."""
+    import types
 
+    class Patcher:
+        def __init__(self) -> None:
+            self.model_options: dict = {"transformer_options": {}}
+            self.model = types.SimpleNamespace()
 
-@pytest.mark.parametrize("name", ATTENTION_CONFIGS)
-def test_processor_matches_diffusers_semantics(name, fa2) -> None:
-    torch.manual_seed(0)
-    attn = Attention(**ATTENTION_CONFIGS[name]).eval()
-    hidden = torch.randn(2, 32, 4, 4) if name == "vae-block" else torch.randn(2, 12, 32)
-    context = torch.randn(2, 7, 24) if name == "cross-norm" else None
-    with torch.inference_mode():
-        expected = AttnProcessor2_0()(attn, hidden, context)
-        before = fa2.CALLS
-        got = KernelAttnProcessor(kernel_function(fa2, FA2), "fa2")(attn, hidden, context)
-    assert fa2.CALLS - before == 1
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+    class CheckpointLoaderSimple:
+        RETURN_TYPES = ("MODEL", "CLIP", "VAE")
+        FUNCTION = "load_checkpoint"
 
+        def load_checkpoint(self, ckpt_name):
+            return Patcher(), ckpt_name, None
 
-def test_masked_calls_and_unsupported_dtypes_go_through_sdpa(fa2) -> None:
-    torch.manual_seed(0)
-    attn = Attention(query_dim=32, heads=2, dim_head=16).eval()
-    hidden = torch.randn(2, 12, 32)
-    mask = torch.zeros(2, 12)
-    mask[:, -3:] = -10000.0
-    processor = KernelAttnProcessor(kernel_function(fa2, FA2), "fa2", dtypes=(torch.float16,))
-    before = fa2.CALLS
-    with torch.inference_mode():
-        masked = processor(attn, hidden, attention_mask=mask)
-        torch.testing.assert_close(masked, AttnProcessor2_0()(attn, hidden, attention_mask=mask))
-        processor(attn, hidden)  # float32 is not in dtypes
-    assert fa2.CALLS - before == 0
+    class VAELoader:
+        RETURN_TYPES = ("VAE",)
+        FUNCTION = "load_vae"
+
+    class CustomUNETLoader(CheckpointLoaderSimple):
+        RELATIVE_PYTHON_MODULE = "custom_nodes.gguf"
+
+    table = types.SimpleNamespace(NODE_CLASS_MAPPINGS={
+        "CheckpointLoaderSimple": CheckpointLoaderSimple, "VAELoader": VAELoader,
+        "CustomUNETLoader": CustomUNETLoader})
+    override = AttentionOverride(sdpa_function("sdpa-math"), "sdpa-math")
+    report: dict[str, str] = {}
+    assert wrap_loaders(table, override, report) == ["CheckpointLoaderSimple"]
+    wrapped = table.NODE_CLASS_MAPPINGS["CheckpointLoaderSimple"]
+    assert wrapped.__name__ == "CheckpointLoaderSimple" and issubclass(wrapped, CheckpointLoaderSimple)
+    model, name, _ = wrapped().load_checkpoint("x.safetensors")
+    assert name == "x.safetensors"
+    assert model.model_options["transformer_options"]["optimized_attention_override"] is override
+    assert report == {"SimpleNamespace": "sdpa-math"}
+    assert table.NODE_CLASS_MAPPINGS["VAELoader"] is VAELoader
+    assert table.NODE_CLASS_MAPPINGS["CustomUNETLoader"] is CustomUNETLoader

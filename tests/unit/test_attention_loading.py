@@ -185,10 +185,12 @@ def test_bake_skips_a_kernel_without_a_build_but_fails_on_other_errors(tmp_path:
     assert main([str(tmp_path / "out2")]) == 1  # never ship an image that silently lacks its kernels
 
 
-def test_worker_start_up_never_touches_the_network(base_env: dict[str, str], no_network: list[str]) -> None:
+def test_worker_attention_selection_never_touches_the_network(base_env: dict[str, str],
+                                                             no_network: list[str]) -> None:
+    from worker.attention.manager import AttentionManager
     from worker.config import Settings
-    from worker.runtime import boot
 
-    runtime = boot(Settings.from_env({**base_env, "ATTENTION_KERNELS_DIR": str(FIXTURES)}))
-    assert runtime.health()["attention"]["backend"] == "sdpa"  # a CPU: kernels are not even looked at
+    settings = Settings.from_env({**base_env, "ATTENTION_KERNELS_DIR": str(FIXTURES)})
+    selector = AttentionManager.from_settings(settings, torch.device("cpu"), torch.float32)
+    assert selector.ensure_selected().backend == "sdpa"  # a CPU: kernels are not even looked at
     assert no_network == []

@@ -52,59 +52,11 @@ def test_forced_kernel_not_baked_warns_before_trying(tmp_path: Path, caplog) -> 
     assert any("ATTENTION_BACKEND=fa3 cannot be used" in r.getMessage() for r in caplog.records)
 
 
-def test_on_load_installs_into_each_model_and_health_shows_it(tmp_path: Path, cache_dir: Path) -> None:
-    from worker.models.store import ModelStore
-
-    selector = manager(FIXTURES, tmp_path)
-    store = ModelStore(roots=[], cache_dir=cache_dir, device=torch.device("cpu"), dtype=torch.float32,
-                       on_load=selector.on_load)
-    unet = store.checkpoint("tiny-sd").model.unet
-    assert {type(p).__name__ for p in unet.attn_processors.values()} == {"KernelAttnProcessor"}
-    assert selector.describe() == {"backend": "fa3", "kernel": "kernels-community/flash-attn3@unknown",
-                                   "reason": selector.choice.reason}
-    health = selector.health()
-    assert health["models"]["tiny-sd"] == {"backend": "fa3", "modules": 8, "skipped": {}}
-    assert health["variant"] == "torch-universal" and health["system"]["capability"] == (9, 0)
-    assert {r["backend"] for r in health["rejected"]} == set()  # both stand-ins are baked; fa2 simply came second
-
-
-def test_each_model_is_verified_and_one_the_kernel_fails_on_keeps_sdpa(tmp_path: Path, cache_dir: Path,
-                                                                       caplog) -> None:
-    from worker.models.store import ModelStore
-
-    variant = copy_kernel(tmp_path, FA3)
-    refuse = "    if q.shape[-1] < 16:\n        raise RuntimeError('no build for head dim 8')\n"
-    source = (variant / "__init__.py").read_text().replace("    CALLS += 1\n", "    CALLS += 1\n" + refuse)
-    (variant / "__init__.py").write_text(source)
-    selector = manager(tmp_path / "kernels", tmp_path)
-    assert selector.select(SHAPES).backend == "fa3"  # chosen on other shapes (head dim 16)
-    store = ModelStore(roots=[], cache_dir=cache_dir, device=torch.device("cpu"), dtype=torch.float32,
-                       on_load=selector.on_load)
-    with caplog.at_level(logging.WARNING, logger="worker.attention"):
-        unet = store.checkpoint("tiny-sd").model.unet  # head dim 8
-    assert {type(p).__name__ for p in unet.attn_processors.values()} == {"AttnProcessor2_0"}
-    assert selector.models["tiny-sd"]["backend"] == "sdpa"
-    assert "no build for head dim 8" in selector.models["tiny-sd"]["rejected"]
-    assert any("keeps PyTorch SDPA" in r.getMessage() for r in caplog.records)
-
-
-def test_a_model_without_supported_head_dims_keeps_sdpa(tmp_path: Path, cache_dir: Path) -> None:
-    from worker.models.store import ModelStore
-
-    selector = manager(FIXTURES, tmp_path)
-    selector.select(SHAPES)
-    selector.choice.spec = replace(selector.choice.spec, head_dim_multiple=16)  # tiny's head dim is 8
-    store = ModelStore(roots=[], cache_dir=cache_dir, device=torch.device("cpu"), dtype=torch.float32,
-                       on_load=selector.on_load)
-    store.checkpoint("tiny-sd")
-    assert selector.models["tiny-sd"]["backend"] == "sdpa"
-    assert "head dim" in selector.models["tiny-sd"]["rejected"]
-
-
 def test_runtime_health_reports_the_choice(runtime) -> None:
     attention = runtime.health()["attention"]
     assert attention["backend"] == "sdpa" and "no CUDA device" in attention["reason"]
-    assert attention["models"]["tiny-sd"] == {"backend": "sdpa"}
+    # PyTorch SDPA is what ComfyUI runs already: nothing is installed into its models.
+    assert runtime.health()["comfyui"]["attention_override"] is None
     assert runtime.attention.describe()["backend"] == "sdpa"
 
 

@@ -2,20 +2,33 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 import pytest
 import torch
 
-from tests.helpers import txt2img
-from worker.jobs import run_job
-from worker.sampling.capture import UNetRunner
+from worker.capture import UNetRunner
+
+
+class TinyDenoiser(torch.nn.Module):
+    """A denoiser with a UNet's call signature (sample, timestep, encoder_hidden_states) and real conv and
+    attention-like work, so eager and replayed outputs can be compared."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(4, 4, 3, padding=1)
+        self.proj = torch.nn.Linear(32, 4)
+
+    def forward(self, sample, timestep, encoder_hidden_states=None, return_dict=True, **_conditioning):
+        context = self.proj(encoder_hidden_states).mean(dim=1)[:, :, None, None]
+        out = self.conv(sample) * (timestep[:, None, None, None] / 1000) + context
+        return (out,) if not return_dict else {"sample": out}
 
 
 @pytest.fixture(scope="module")
-def unet(runtime):
-    return runtime.models.checkpoint("tiny-sd").model.unet
+def unet():
+    return TinyDenoiser().eval()
 
 
 def inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -48,7 +61,7 @@ def test_failed_capture_falls_back_to_eager_once_logged(unet, caplog: pytest.Log
         raise RuntimeError("operation not permitted when stream is capturing")
 
     runner = UNetRunner(unet, "cuda_graph", capture=broken, eligible=lambda sample: True)
-    with torch.inference_mode(), caplog.at_level(logging.WARNING, logger="worker.sampling.capture"):
+    with torch.inference_mode(), caplog.at_level(logging.WARNING, logger="worker.capture"):
         results = [runner(*inputs()) for _ in range(4)]
     expected = eager(unet, *inputs())
     assert all(torch.equal(result, expected) for result in results)
@@ -80,21 +93,8 @@ def test_unknown_mode_is_refused(unet) -> None:
         UNetRunner(unet, "tensorrt")
 
 
-def test_whole_job_unchanged_on_cpu_with_capture_on(runtime) -> None:
-    settings = dataclasses.replace(runtime.settings, denoiser_capture="cuda_graph")
-    checkpoint = runtime.models.checkpoint("tiny-sd")
-    previous = checkpoint.model.runner
-    try:
-        checkpoint.model.runner = UNetRunner(checkpoint.model.unet, settings.denoiser_capture)
-        on = run_job(runtime, {"id": "c", "input": {"workflow": txt2img(seed=4)}})
-    finally:
-        checkpoint.model.runner = previous
-    off = run_job(runtime, {"id": "c", "input": {"workflow": txt2img(seed=4)}})
-    assert on["images"][0]["data"] == off["images"][0]["data"]
-
-
 def test_check_replay_accepts_rounding_and_refuses_differences_and_nan() -> None:
-    from worker.sampling.capture import CaptureMismatch, check_replay
+    from worker.capture import CaptureMismatch, check_replay
 
     eager_out = torch.linspace(-4, 4, 64, dtype=torch.float16)
     check_replay(eager_out.clone(), eager_out)
@@ -108,14 +108,14 @@ def test_check_replay_accepts_rounding_and_refuses_differences_and_nan() -> None
 
 
 def test_mismatching_capture_runs_eagerly(unet, caplog: pytest.LogCaptureFixture) -> None:
-    from worker.sampling.capture import CaptureMismatch, check_replay
+    from worker.capture import CaptureMismatch, check_replay
 
     def wrong(fn, args):
         check_replay(fn(*args) + 1, fn(*args))  # what capture_cuda_graph does with a bad replay
         raise AssertionError("unreachable")
 
     runner = UNetRunner(unet, "cuda_graph", capture=wrong, eligible=lambda sample: True)
-    with torch.inference_mode(), caplog.at_level(logging.WARNING, logger="worker.sampling.capture"):
+    with torch.inference_mode(), caplog.at_level(logging.WARNING, logger="worker.capture"):
         for _ in range(3):
             assert torch.equal(runner(*inputs()), eager(unet, *inputs()))
     assert not runner.replays and len(runner.failed) == 1
@@ -147,7 +147,7 @@ def test_capture_is_the_default_and_eager_on_cpu() -> None:
 
 
 def test_compile_cache_round_trip_and_bad_files(tmp_path, monkeypatch, caplog: pytest.LogCaptureFixture) -> None:
-    from worker.sampling import compile_cache
+    from worker import compile_cache
 
     loaded: list[bytes] = []
     monkeypatch.setattr(torch.compiler, "save_cache_artifacts", lambda: (b"artifacts", object()))
@@ -165,7 +165,7 @@ def test_compile_cache_round_trip_and_bad_files(tmp_path, monkeypatch, caplog: p
         raise RuntimeError("bad magic")
 
     monkeypatch.setattr(torch.compiler, "load_cache_artifacts", corrupt)
-    with caplog.at_level(logging.WARNING, logger="worker.sampling.compile_cache"):
+    with caplog.at_level(logging.WARNING, logger="worker.compile_cache"):
         assert compile_cache.load(tmp_path / "volume", cpu) is False
     assert "bad magic" in caplog.text
     monkeypatch.setattr(torch.compiler, "save_cache_artifacts", lambda: (b"part", object()))
@@ -175,51 +175,12 @@ def test_compile_cache_round_trip_and_bad_files(tmp_path, monkeypatch, caplog: p
     assert compile_cache.save(tmp_path / "empty", cpu) == 0
 
 
-def test_warm_up_captures_the_denoiser_at_each_configured_size(runtime) -> None:
-    """The graphs jobs will replay are captured before the worker reports ready: one per warm-up size (batch 2:
-    cond and uncond of the CFG warm-up in one call)."""
-    from worker.config import Settings
-    from worker.warmup import warm_up
-
-    captured: list[tuple[int, ...]] = []
-
-    def fake_capture(fn, args):
-        captured.append(tuple(args[0].shape))
-        return fn
-
-    sizes = Settings.from_env({"WARMUP_SIZES": "64x64, 96x64"}).warmup_sizes
-    assert sizes == ((64, 64), (96, 64))
-    warm = dataclasses.replace(runtime, settings=dataclasses.replace(runtime.settings, warmup_sizes=sizes))
-    model = runtime.models.checkpoint("tiny-sd").model
-    previous = model.runner
-    model.runner = UNetRunner(model.unet, "cuda_graph", capture=fake_capture, eligible=lambda sample: True)
-    try:
-        warm_up(warm)
-        health = runtime.health()["denoiser_capture"]
-    finally:
-        model.runner = previous
-    assert sorted(set(captured)) == [(2, 4, 8, 8), (2, 4, 8, 12)]
-    assert health["mode"] == "off (CPU)"  # what production does here; this test forced the runner
-    state = health["checkpoints"]["tiny-sd"]
-    assert state["graphs"] == 2 and [2, 4, 8, 12] in [inputs[0] for inputs in state["graph_inputs"]]
-    assert state["eager_after_failure"] == []
-
-
 @pytest.mark.parametrize("raw", ["1024", "1024x", "100x64", "0x0", "axb"])
 def test_bad_warmup_sizes_are_refused(raw: str) -> None:
     from worker.config import ConfigError, Settings
 
     with pytest.raises(ConfigError, match="WARMUP_SIZES"):
         Settings.from_env({"WARMUP_SIZES": raw})
-
-
-def test_native_warm_up_size_is_the_model_training_size(runtime) -> None:
-    from worker.warmup import native_size
-
-    model = runtime.models.checkpoint("tiny-sd").model
-    side = model.unet.config.sample_size * model.vae_factor
-    assert native_size(model, 4096) == (side, side)
-    assert native_size(model, 48) == (64, 64)  # never below 64 px
 
 
 def test_out_of_memory_while_capturing_drops_the_graphs(unet, monkeypatch: pytest.MonkeyPatch) -> None:

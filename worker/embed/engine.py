@@ -15,6 +15,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from worker.embed import bootstrap, save, tiny
+from worker.embed.attention import AttentionOverride, wrap_loaders
 from worker.embed.runner import Runner, RunResult
 from worker.embed.server_stub import PromptServer
 from worker.embed.validate import Limits, comfy_problems, limit_problems, shape_problems, unused_inputs
@@ -96,6 +97,16 @@ def produced_files(outputs: Mapping[str, Mapping[str, Any]], output_dir: Path,
 class Engine:
     def __init__(self, booted: bootstrap.Booted, runner: Runner, options: bootstrap.EmbedOptions):
         self.booted, self.runner, self.options = booted, runner, options
+        self.attention: AttentionOverride | None = None
+        self.attention_models: dict[str, str] = {}  # model class -> backend installed into it
+        self.attention_loaders: list[str] = []
+
+    def install_attention(self, override: AttentionOverride) -> None:
+        """Every model the built-in loaders make from now on runs `override` (before the first prompt)."""
+        import nodes
+
+        self.attention = override
+        self.attention_loaders = wrap_loaders(nodes, override, self.attention_models)
 
     @classmethod
     def start(cls, options: bootstrap.EmbedOptions, builtin_dir: Path | None = None,
@@ -226,6 +237,8 @@ class Engine:
             "node_types": len(self.node_types),
             "builtin_modules_failed": self.booted.builtin_failed,
             "torchvision_shim": list(self.booted.torchvision_shimmed),
+            "attention_override": None if self.attention is None else {
+                **self.attention.health(), "models": self.attention_models, "loaders": self.attention_loaders},
         }
 
 
