@@ -270,9 +270,7 @@ class Settings:
     # Checkpoints loaded at start-up: names, "auto" (the only checkpoint, if there is exactly one) or none.
     preload: tuple[str, ...]
     preload_mode: str
-    max_resident_checkpoints: int
     device: str  # "auto", "cpu", "cuda", "cuda:N"
-    dtype: str  # "auto", "float32", "float16", "bfloat16"
     # Where local runs also write output images (None: do not write).
     output_dir: Path | None
     # Input limits.
@@ -303,10 +301,6 @@ class Settings:
     warmup_sizes: tuple[tuple[int, int], ...] = ()
     # Read the preloaded checkpoints' files into the page cache while Python imports (worker/prefetch.py).
     prefetch_models: bool = True
-    # How the UNet runs: "cuda_graph" (replayed, each capture checked against eager; eager on a CPU), "off",
-    # "compile" (worker/sampling/capture.py); compile's artifacts are kept in compile_cache_dir.
-    denoiser_capture: str = "cuda_graph"
-    compile_cache_dir: Path = REPO_ROOT / ".cache" / "torch-compile"
     # Object storage for outputs and http(s) input images.
     storage: StorageSettings = field(default_factory=StorageSettings)
     url_inputs: UrlInputSettings = field(default_factory=UrlInputSettings)
@@ -315,7 +309,8 @@ class Settings:
     attention_backend: str = "auto"
     attention_autotune: bool = False
     attention_kernels_dir: Path = REPO_ROOT / ".cache" / "kernels"
-    # Device memory resident checkpoints may fill (worker/models/budget.py): "auto", "off", bytes, or a fraction.
+    # Device memory ComfyUI's model management may fill (ComfyUI's --reserve-vram keeps the rest free):
+    # "auto"/"off" (ComfyUI's own accounting), bytes, or a fraction of the GPU's memory.
     model_memory_budget: str | int | float = "auto"
     # Folders of ComfyUI custom nodes, loaded at start-up in this order (besides the volume's
     # /runpod-volume/ComfyUI/custom_nodes); custom_nodes=False loads none.
@@ -364,9 +359,7 @@ class Settings:
             cache_dir=cache_dir,
             preload=preload,
             preload_mode=preload_mode,
-            max_resident_checkpoints=_int(env, "MAX_RESIDENT_CHECKPOINTS", 2, minimum=1),
             device=(_lookup(env, "WORKER_DEVICE") or "auto").lower(),
-            dtype=_choice(env, "WORKER_DTYPE", "auto", ("auto", "float32", "float16", "bfloat16")),
             output_dir=Path(output_dir).expanduser() if output_dir else None,
             max_input_images=_int(env, "MAX_INPUT_IMAGES", 16, minimum=0),
             max_input_image_bytes=_int(env, "MAX_INPUT_IMAGE_BYTES", 20 * 1024 * 1024, minimum=1),
@@ -387,10 +380,6 @@ class Settings:
             progress_interval_s=_int(env, "PROGRESS_INTERVAL_MS", 1000, minimum=0) / 1000,
             warmup_sizes=_sizes(env, "WARMUP_SIZES"),
             prefetch_models=_bool(env, "PREFETCH_MODELS", True),
-            denoiser_capture=_choice(env, "DENOISER_CAPTURE", "cuda_graph", ("cuda_graph", "off", "compile")),
-            compile_cache_dir=Path(_lookup(env, "COMPILE_CACHE_DIR") or (
-                VOLUME / ".cache" / "torch-compile" if VOLUME.is_dir() else cache_dir / "torch-compile"
-            )).expanduser(),
             storage=_storage(env),
             url_inputs=_url_inputs(env),
             attention_backend=_choice(env, "ATTENTION_BACKEND", "auto", ATTENTION_CHOICES),

@@ -139,13 +139,6 @@ def test_least_recently_used_graph_is_dropped(unet) -> None:
     assert len(runner.replays) == 2
 
 
-def test_capture_is_the_default_and_eager_on_cpu() -> None:
-    from worker.config import Settings
-
-    assert Settings.from_env({}).denoiser_capture == "cuda_graph"
-    assert Settings.from_env({"DENOISER_CAPTURE": "off"}).denoiser_capture == "off"
-
-
 def test_compile_cache_round_trip_and_bad_files(tmp_path, monkeypatch, caplog: pytest.LogCaptureFixture) -> None:
     from worker import compile_cache
 
