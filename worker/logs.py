@@ -6,6 +6,13 @@ import logging
 import sys
 
 
+def _comfyui_name(record: logging.LogRecord) -> bool:
+    """ComfyUI logs through the root logger: its lines are named `comfyui` so a reader knows whose they are."""
+    if record.name == "root":
+        record.name = "comfyui"
+    return True
+
+
 def setup_logging(level: str) -> None:
     # force=True: `import runpod` has already called basicConfig on the root logger.
     logging.basicConfig(
@@ -14,3 +21,5 @@ def setup_logging(level: str) -> None:
         stream=sys.stderr,
         force=True,
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_comfyui_name)

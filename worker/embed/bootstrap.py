@@ -54,7 +54,7 @@ class Booted:
     installed: install.Installed
     pin: install.Pin
     custom_nodes: CustomNodeReport
-    builtin_failed: list[str]  # comfy_extras modules that did not import (e.g. audio without torchaudio)
+    builtin_failed: dict[str, str]  # comfy_extras modules that did not import, with why (e.g. no torchaudio)
     node_count: int
     seconds: dict[str, float]
     torchvision_shimmed: tuple[str, ...]
@@ -125,6 +125,38 @@ def _custom_node_dirs(options: EmbedOptions) -> list[Path]:
     # ComfyUI aborts node loading on a custom_nodes path that does not exist: only existing ones.
     candidates = [*options.custom_nodes_dirs, VOLUME_COMFYUI / "custom_nodes"]
     return [d.resolve() for d in dict.fromkeys(candidates) if d.is_dir()]
+
+
+class _ImportReasons(logging.Filter):
+    """While ComfyUI imports its node modules: its tracebacks of modules that fail (e.g. audio nodes without
+    torchaudio) and its generic advice are kept out of the log; the reason per module is kept for /health
+    and one warning line each."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reasons: dict[str, str] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith("Cannot import ") and " module for custom nodes: " in message:
+            path, _, why = message.removeprefix("Cannot import ").partition(" module for custom nodes: ")
+            self.reasons[Path(path).name] = why
+            return False
+        return not (message.startswith(("Traceback", "IMPORT FAILED", "WARNING: some comfy_extras",
+                                        "\nThis issue might be", "Please do a: pip install"))
+                    or (record.levelno == logging.WARNING and not message.strip()))
+
+    def get(self, name: str, default: str) -> str:
+        return self.reasons.get(name, default)
+
+    def __enter__(self) -> _ImportReasons:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(self)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for handler in logging.getLogger().handlers:
+            handler.removeFilter(self)
 
 
 class _Capture(logging.Handler):
@@ -209,7 +241,11 @@ def boot(options: EmbedOptions) -> Booted:
 
     seconds["nodes_import"] = time.perf_counter() - started - seconds["comfy_import"]
     mark = time.perf_counter()
-    builtin_failed = asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False)) or []
+    with _ImportReasons() as reasons:
+        failed = asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False)) or []
+    builtin_failed = {name: reasons.get(name, "did not import") for name in failed}
+    for name, why in builtin_failed.items():
+        log.warning("ComfyUI's %s did not import: %s (its nodes are unavailable)", name, why)
     seconds["builtin_nodes"] = time.perf_counter() - mark
     mark = time.perf_counter()
     dirs = _custom_node_dirs(options) if options.custom_nodes else []
@@ -228,5 +264,5 @@ def boot(options: EmbedOptions) -> Booted:
     log.info("ComfyUI %s (commit %s) from %s: %d node types, %d built-in modules failed, custom nodes: %d "
              "loaded, %d failed", installed.version, (installed.commit or "unknown")[:12], comfy_dir,
              len(nodes.NODE_CLASS_MAPPINGS), len(builtin_failed), len(report.loaded), len(report.failed))
-    return Booted(installed=installed, pin=pin, custom_nodes=report, builtin_failed=list(builtin_failed),
+    return Booted(installed=installed, pin=pin, custom_nodes=report, builtin_failed=builtin_failed,
                   node_count=len(nodes.NODE_CLASS_MAPPINGS), seconds=seconds, torchvision_shimmed=shimmed)
