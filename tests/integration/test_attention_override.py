@@ -13,18 +13,17 @@ from worker.embed.attention import AttentionOverride, install
 
 
 def sample(runtime, override: AttentionOverride | None, seed: int = 5) -> np.ndarray:
-    import nodes
+    """ComfyUI's own nodes (worker/embed/reference.py) on a clone of the cached model, with the override."""
+    from worker.embed import reference
 
-    with runtime.job_lock, torch.inference_mode():
-        model, clip, vae = nodes.CheckpointLoaderSimple().load_checkpoint(TINY)[:3]
+    def prepare(model):
         model = model.clone()  # the cached loader output stays untouched for the other tests
         if override is not None:
             assert install(model, override)
-        pos = nodes.CLIPTextEncode().encode(clip, "a lamp")[0]
-        neg = nodes.CLIPTextEncode().encode(clip, "")[0]
-        latent = nodes.EmptyLatentImage().generate(64, 64, 1)[0]
-        samples = nodes.KSampler().sample(model, seed, 3, 7.0, "euler", "normal", pos, neg, latent)[0]
-        return nodes.VAEDecode().decode(vae, samples)[0][0].float().cpu().numpy()
+        return model
+
+    with runtime.job_lock:
+        return reference.txt2img(TINY, seed, 3, 7.0, 64, 64, "a lamp", "", prepare_model=prepare).astype(float)
 
 
 def test_the_unet_runs_the_installed_function_on_its_own_shapes(runtime) -> None:
@@ -35,7 +34,7 @@ def test_the_unet_runs_the_installed_function_on_its_own_shapes(runtime) -> None
     # The tiny UNet attends at one level: self-attention (16x... tokens) and cross-attention to 77 tokens.
     assert {key[3] for key in override.shapes} >= {77}
     assert all(override.shapes.values())
-    assert np.abs(with_kernel - default).max() < 1e-3
+    assert np.abs(with_kernel - default).max() <= 1  # uint8: at most one level of rounding
 
 
 def test_a_function_that_computes_something_else_is_refused_per_shape(runtime) -> None:
@@ -50,9 +49,10 @@ def test_a_function_that_computes_something_else_is_refused_per_shape(runtime) -
     assert np.array_equal(broken, default)  # every call went to ComfyUI's attention
 
 
-def test_calls_the_kernel_cannot_take_go_to_comfyui() -> None:
-    from comfy.ldm.modules.attention import attention_pytorch
+def test_calls_the_kernel_cannot_take_go_to_comfyui(runtime) -> None:
+    from worker.embed.reference import attention_function
 
+    attention_pytorch = attention_function()
     override = AttentionOverride(sdpa_function("sdpa-math"), "fp16-only", dtypes=(torch.float16,))
     q = torch.randn(2, 16, 4 * 8)
     options = {"optimized_attention_override": override}

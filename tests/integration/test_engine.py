@@ -22,20 +22,12 @@ def pixels(item: dict) -> np.ndarray:
     return np.asarray(decode_result_image(item).convert("RGB"))
 
 
-def comfy_reference(runtime, seed: int, steps: int, cfg: float, width: int, height: int, positive: str,
-                    negative: str) -> np.ndarray:
-    """txt2img by calling ComfyUI's node classes directly, converted to uint8 as ComfyUI's SaveImage does."""
-    import nodes
-    import torch
+def comfy_reference(runtime, *args) -> np.ndarray:
+    """txt2img by calling ComfyUI's node classes directly (worker/embed/reference.py)."""
+    from worker.embed import reference
 
-    with runtime.job_lock, torch.inference_mode():
-        model, clip, vae = nodes.CheckpointLoaderSimple().load_checkpoint(TINY)[:3]
-        pos = nodes.CLIPTextEncode().encode(clip, positive)[0]
-        neg = nodes.CLIPTextEncode().encode(clip, negative)[0]
-        latent = nodes.EmptyLatentImage().generate(width, height, 1)[0]
-        samples = nodes.KSampler().sample(model, seed, steps, cfg, "euler", "normal", pos, neg, latent, denoise=1.0)[0]
-        image = nodes.VAEDecode().decode(vae, samples)[0]
-    return np.clip(255.0 * image[0].cpu().numpy(), 0, 255).astype(np.uint8)
+    with runtime.job_lock:
+        return reference.txt2img(TINY, *args)
 
 
 def test_pixels_equal_comfyuis_own_nodes(runtime) -> None:
@@ -106,9 +98,8 @@ def test_video_workflow_returns_the_mp4_in_images(runtime) -> None:
         frames = list(container.decode(video=0))
     assert len(frames) == 5 and (frames[0].width, frames[0].height) == (64, 64)
     # Nothing of it stays in ComfyUI's output folder for the next job.
-    import folder_paths
-
-    assert not any(p.is_file() for p in __import__("pathlib").Path(folder_paths.get_output_directory()).rglob("*"))
+    output = runtime.settings.work_dir / "output"
+    assert output.is_dir() and not any(p.is_file() for p in output.rglob("*"))
 
 
 def test_animated_webp_and_a_still_in_one_job(runtime) -> None:

@@ -104,7 +104,9 @@ def test_default_shapes_are_sd15_at_512() -> None:
 def test_a_kernel_in_comfyuis_attention_call_keeps_its_output(runtime, module, spec, skip_reshape, request) -> None:
     """Both of ComfyUI's layouts ((b, seq, heads*dim) and, with skip_reshape, (b, heads, seq, dim)) through
     the override into the kernel's (b, seq, heads, dim) and back."""
-    from comfy.ldm.modules.attention import attention_pytorch
+    from worker.embed.reference import attention_function
+
+    attention_pytorch = attention_function()
 
     override = AttentionOverride(kernel_function(request.getfixturevalue(module), spec), module)
     q, k, v = qkv(q_len=24, kv_len=24)
@@ -124,7 +126,9 @@ def test_a_kernel_in_comfyuis_attention_call_keeps_its_output(runtime, module, s
 
 
 def test_head_dims_the_kernel_cannot_take_go_to_comfyui(runtime, fa2) -> None:
-    from comfy.ldm.modules.attention import attention_pytorch
+    from worker.embed.reference import attention_function
+
+    attention_pytorch = attention_function()
 
     override = AttentionOverride(kernel_function(fa2, FA2), "fa2", max_head_dim=8)
     q = torch.randn(2, 10, 4 * 16)
