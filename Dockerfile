@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1.7
 # RunPod serverless worker for ComfyUI API-format workflows, on an embedded ComfyUI (GPL-3.0, so is this
-# project and the image: whoever distributes the image must offer its source, see README).
+# project and the image: whoever distributes the image must offer its source, see README, "License").
 # Base: a RunPod-cached PyTorch image (pulls in seconds on RunPod); its torch 2.11 / CUDA 13.0 build and the
 # matching torchvision/torchaudio are used as they are: the lock lists none of them and is installed with
 # --no-deps, so pip never replaces them.
@@ -36,7 +36,7 @@ RUN . requirements/comfyui.env \
     && rm -rf "$COMFYUI_DIR/.git" \
     && echo "ComfyUI $COMFYUI_VERSION ($COMFYUI_COMMIT) in $COMFYUI_DIR"
 
-# Attention kernels (README "Attention kernels"): the FA3 and FA2 builds matching this image's torch/CUDA are
+# Attention kernels (docs/performance.md): the FA3 and FA2 builds matching this image's torch/CUDA are
 # downloaded now (kernels.install_kernel, the one variant for this torch/CUDA/platform) and copied to
 # $ATTENTION_KERNELS_DIR/<kernel>/build/<variant>/ with a manifest.json; at run time the worker imports them
 # from there with kernels.get_local_kernel and never downloads (HF_HUB_OFFLINE=1 above). A kernel with no build
