@@ -18,16 +18,16 @@ import pytest
 from botocore.awsrequest import AWSResponse
 from PIL import Image
 
-from tests.helpers import b64, img2img, png_bytes, txt2img
+from tests.helpers import b64, img2img, png_bytes, txt2img, with_settings
 from worker.config import Settings, StorageSettings
 from worker.contract import OutputOptions
-from worker.engine import SavedImage
 from worker.jobs import run_job
-from worker.outputs import DeliveryError, deliver
+from worker.outputs import DeliveryError, SavedImage, deliver
 from worker.storage import OutputFile, Store, store_for
 
 BUCKET = "worker-outputs"
 SECRET = "moto-secret-do-not-log"
+SMALL_LIMIT = 10_000  # MAX_RESULT_BYTES that one 64x64 job image fits as base64 and three do not
 
 
 @pytest.fixture(scope="session")
@@ -70,7 +70,7 @@ def storage_for(endpoint: str, **extra: str) -> StorageSettings:
 
 
 def with_storage(runtime, storage: StorageSettings, **settings: Any):
-    return dataclasses.replace(runtime, settings=dataclasses.replace(runtime.settings, storage=storage, **settings))
+    return with_settings(runtime, storage=storage, **settings)
 
 
 def objects(endpoint: str, prefix: str) -> dict[str, dict[str, Any]]:
@@ -185,7 +185,7 @@ def test_permanent_errors_are_not_retried(s3_endpoint: str) -> None:
 
 def test_failed_upload_falls_back_to_base64_when_it_fits(s3_endpoint: str) -> None:
     settings = Settings.from_env(storage_env(s3_endpoint, BUCKET_NAME="no-such-bucket"))
-    delivery = deliver(saved(2), {"1": {}}, settings, job_id="fallback")
+    delivery = deliver(saved(2), settings, job_id="fallback")
     assert [item["type"] for item in delivery.items] == ["base64", "base64"]
     assert Image.open(io.BytesIO(base64.b64decode(delivery.items[0]["data"]))).size == (64, 64)
     assert len(delivery.errors) == 2
@@ -197,7 +197,7 @@ def test_failed_upload_fails_the_job_when_base64_does_not_fit(s3_endpoint: str) 
         Settings.from_env(storage_env(s3_endpoint, BUCKET_NAME="no-such-bucket")), max_result_bytes=20_000
     )
     with pytest.raises(DeliveryError) as caught:
-        deliver(saved(3), {"1": {}}, settings, job_id="fallback-too-big")
+        deliver(saved(3), settings, job_id="fallback-too-big")
     message = str(caught.value)
     assert "3 of 3 images could not be uploaded to bucket 'no-such-bucket'" in message
     assert "NoSuchBucket" in message and "20000-byte limit (MAX_RESULT_BYTES)" in message
@@ -208,7 +208,7 @@ def test_some_uploads_fail_others_succeed(s3_endpoint: str) -> None:
     store = Store(settings.storage)
     failing = FailingSends(failures=1, status=500, code="InternalError")  # only the first attempt of all fails
     store.client.meta.events.register("before-send.s3.PutObject", failing)
-    delivery = deliver(saved(1) + saved(1), {"1": {}}, settings, job_id="mixed", store=store)
+    delivery = deliver(saved(1) + saved(1), settings, job_id="mixed", store=store)
     assert sorted(item["type"] for item in delivery.items) == ["base64", "s3_url"]
     assert delivery.uploaded == 1 and len(delivery.errors) == 1
 
@@ -235,7 +235,7 @@ def test_job_outputs_are_uploaded_as_s3_urls(runtime, s3_endpoint: str) -> None:
 
 
 def test_upload_auto_returns_base64_until_the_result_is_too_large(runtime, s3_endpoint: str) -> None:
-    worker = with_storage(runtime, storage_for(s3_endpoint, BUCKET_UPLOAD="auto"), max_result_bytes=20_000)
+    worker = with_storage(runtime, storage_for(s3_endpoint, BUCKET_UPLOAD="auto"), max_result_bytes=SMALL_LIMIT)
     small = run_job(worker, job(txt2img(), "auto-small"))
     assert [item["type"] for item in small["images"]] == ["base64"]
     assert objects(s3_endpoint, "auto-small/") == {}
@@ -245,11 +245,11 @@ def test_upload_auto_returns_base64_until_the_result_is_too_large(runtime, s3_en
 
 
 def test_per_job_upload_option_overrides_the_worker_default(runtime, s3_endpoint: str) -> None:
-    worker = with_storage(runtime, storage_for(s3_endpoint), max_result_bytes=20_000)
+    worker = with_storage(runtime, storage_for(s3_endpoint), max_result_bytes=SMALL_LIMIT)
     kept = run_job(worker, job(txt2img(), "opt-false", output={"upload": False}))
     assert kept["images"][0]["type"] == "base64"
     refused = run_job(worker, job(txt2img(batch_size=3), "opt-false-large", output={"upload": False}))
-    assert "input.output.upload is false" in refused["error"] and "20000-byte limit" in refused["error"]
+    assert "input.output.upload is false" in refused["error"] and "10000-byte limit" in refused["error"]
     assert objects(s3_endpoint, "opt-false") == {}
 
 
@@ -264,7 +264,7 @@ def test_half_configured_storage_is_visible_in_the_result(runtime) -> None:
     result = run_job(worker, job(txt2img(), "half"))
     assert result["images"][0]["type"] == "base64"
     assert "not uploaded: object storage is half-configured" in result["errors"][0]
-    too_big = run_job(with_storage(runtime, half, max_result_bytes=20_000), job(txt2img(batch_size=3), "half-big"))
+    too_big = run_job(with_storage(runtime, half, max_result_bytes=SMALL_LIMIT), job(txt2img(batch_size=3), "half-big"))
     assert "Object storage is half-configured" in too_big["error"]
 
 
@@ -325,7 +325,7 @@ def test_jpeg_output_is_uploaded_with_its_extension_and_type(runtime, s3_endpoin
 
 
 def test_delivery_options_default_is_png(s3_endpoint: str) -> None:
-    delivery = deliver(saved(1), {"1": {}}, Settings.from_env(storage_env(s3_endpoint)), OutputOptions(), "png-key")
+    delivery = deliver(saved(1), Settings.from_env(storage_env(s3_endpoint)), OutputOptions(), "png-key")
     assert delivery.items[0]["filename"] == "ComfyUI_00001_.png"
     assert objects(s3_endpoint, "png-key/")["png-key/ComfyUI_00001_.png"]["ContentType"] == "image/png"
 
@@ -341,7 +341,7 @@ def test_pipeline_uploads_each_image_before_the_job_finishes(s3_endpoint: str) -
     from worker.outputs import OutputPipeline
 
     settings = Settings.from_env(storage_env(s3_endpoint, BUCKET_KEY_TEMPLATE="early/{job_id}/{filename}"))
-    pipeline = OutputPipeline({"9": {}}, settings, OutputOptions(), "early-job")
+    pipeline = OutputPipeline(settings, OutputOptions(), "early-job")
     first, second = saved(2)
     pipeline.add(first)
     deadline = time.monotonic() + 10
@@ -365,3 +365,41 @@ def test_job_metadata_splits_time_into_stages(runtime, s3_endpoint: str) -> None
         assert stages[stage] > 0, (stage, stages)
     assert sum(stages[s] for s in ("load", "text_encode", "sampling", "decode", "other")) == pytest.approx(
         sum(result["metadata"]["nodes_ms"].values()), abs=0.5)
+
+
+def test_pipeline_uploads_files_other_nodes_wrote_with_their_type(s3_endpoint: str, tmp_path) -> None:
+    from worker.embed.engine import ProducedFile
+    from worker.outputs import OutputPipeline
+
+    audio = tmp_path / "tone_00001_.flac"
+    audio.write_bytes(b"fLaC and more")
+    settings = Settings.from_env(storage_env(s3_endpoint))
+    pipeline = OutputPipeline(settings, OutputOptions(), "audio-job")
+    pipeline.add(saved(1)[0])
+    pipeline.add_file(ProducedFile("12", "audio/tone_00001_.flac", audio, "files"))
+    delivery = pipeline.finish()
+    assert [(item["filename"], item["type"]) for item in delivery.items] == [("ComfyUI_00001_.png", "s3_url")]
+    assert [(item["filename"], item["type"]) for item in delivery.files] == [("tone_00001_.flac", "s3_url")]
+    stored = objects(s3_endpoint, "audio-job/")
+    assert stored["audio-job/audio/tone_00001_.flac"] == {"ContentType": "audio/flac", "Body": b"fLaC and more"}
+    assert download(delivery.files[0]["data"]) == b"fLaC and more"
+    assert stored["audio-job/ComfyUI_00001_.png"]["ContentType"] == "image/png"
+
+
+def test_video_of_a_job_is_uploaded_as_it_was_written(runtime, s3_endpoint: str) -> None:
+    workflow = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "frame.png"}},
+        "2": {"class_type": "RepeatImageBatch", "inputs": {"image": ["1", 0], "amount": 3}},
+        "3": {"class_type": "CreateVideo", "inputs": {"images": ["2", 0], "fps": 8.0}},
+        "4": {"class_type": "SaveVideo", "inputs": {"video": ["3", 0], "filename_prefix": "video/s3clip",
+                                                    "format": "mp4", "codec": "h264"}},
+    }
+    images = [{"name": "frame.png", "image": b64(png_bytes(64, 64, (90, 20, 160)))}]
+    result = run_job(with_storage(runtime, storage_for(s3_endpoint)), job(workflow, "e2e-video", images=images))
+    [item] = result["images"]
+    assert (item["filename"], item["type"]) == ("s3clip_00001_.mp4", "s3_url"), result
+    stored = objects(s3_endpoint, "e2e-video/")
+    assert list(stored) == ["e2e-video/video/s3clip_00001_.mp4"]
+    body = stored["e2e-video/video/s3clip_00001_.mp4"]
+    assert body["ContentType"] == "video/mp4" and body["Body"][4:8] == b"ftyp"
+    assert download(item["data"]) == body["Body"]

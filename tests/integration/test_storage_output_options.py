@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import dataclasses
 import io
 import json
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.helpers import txt2img
+from tests.helpers import txt2img, with_settings
 from worker.jobs import run_job
 
 
@@ -47,6 +46,8 @@ def test_png_carries_prompt_and_the_ui_workflow_when_sent(runtime) -> None:
     image, _ = image_of(run_job(runtime, job(workflow, workflow_ui=ui))["images"][0])
     assert json.loads(image.text["prompt"]) == workflow
     assert json.loads(image.text["workflow"]) == ui
+    as_text, _ = image_of(run_job(runtime, job(workflow, workflow_ui=json.dumps(ui)))["images"][0])
+    assert json.loads(as_text.text["workflow"]) == ui  # a JSON string is taken as the object it holds
     without_ui, _ = image_of(run_job(runtime, job(workflow))["images"][0])
     assert set(without_ui.text) == {"prompt"}
 
@@ -70,7 +71,7 @@ def test_metadata_off_leaves_no_workflow_in_the_file(runtime) -> None:
 
 
 def test_output_dir_gets_the_requested_format(runtime, tmp_path: Path) -> None:
-    local = dataclasses.replace(runtime, settings=dataclasses.replace(runtime.settings, output_dir=tmp_path))
+    local = with_settings(runtime, output_dir=tmp_path)
     run_job(local, job(txt2img(prefix="run/x"), output={"format": "webp"}))
     assert Image.open(tmp_path / "run" / "x_00001_.webp").format == "WEBP"
 

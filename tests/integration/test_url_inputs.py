@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from tests.helpers import decode_result_image, img2img, png_bytes
+from tests.helpers import b64, decode_result_image, img2img, png_bytes, with_settings
 from worker.config import UrlInputSettings
 from worker.contract import parse_request
 from worker.errors import UserError
@@ -187,9 +187,7 @@ def test_slow_server_hits_the_deadline(server: Server, settings, path: str) -> N
 
 
 def test_img2img_from_a_url_matches_img2img_from_base64(runtime, server: Server, settings) -> None:
-    from tests.helpers import b64
-
-    allowed = dataclasses.replace(runtime, settings=settings)
+    allowed = with_settings(runtime, url_inputs=settings.url_inputs, max_input_image_bytes=CAP)
     by_url = run_job(allowed, {"id": "u", "input": {"workflow": img2img(denoise=0.0),
                                                      "images": [{"name": "input.png", "image": server.url("/hop")}]}})
     by_data = run_job(allowed, {"id": "d", "input": {"workflow": img2img(denoise=0.0),

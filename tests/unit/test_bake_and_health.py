@@ -1,7 +1,9 @@
-"""Image-build helpers (model entries) and the Docker health check, against servers on 127.0.0.1."""
+"""Image-build helpers (worker/bake_models.py model entries), the Docker health check against servers on
+127.0.0.1, and what the worker runtime reports as its health."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -9,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import TINY, with_settings
+from worker.bake_models import FOLDERS, ModelEntry, fetch_model, main, parse_entries, parse_entry
+from worker.config import Settings
 from worker.healthcheck import check
-from worker.models.bake import ModelEntry, fetch_model, parse_entries, parse_entry
 
 
 def test_model_entries_parse() -> None:
@@ -30,6 +34,10 @@ def test_model_entries_parse() -> None:
         ("weights/a.safetensors=https://x/a", "must start with"),
         ("checkpoints/a.safetensors=ftp://x/a", "source"),
         ("checkpoints/a.safetensors=hf://only-repo", "hf://<owner>/<repo>/<path"),
+        ("checkpoints/a.safetensors=", "expected"),
+        ("/checkpoints/a.safetensors=https://x/a", "absolute"),
+        ("checkpoints//a.safetensors=https://x/a", "empty path part"),
+        ("checkpoints\\a.safetensors=https://x/a", "backslash"),
     ],
 )
 def test_bad_model_entries_are_refused(text: str, fragment: str) -> None:
@@ -73,6 +81,40 @@ def test_fetch_model_over_http_sends_the_token_and_writes_atomically(tmp_path: P
         server.close()
 
 
+def test_model_folders_are_comfyuis() -> None:
+    # The folders ComfyUI v0.8.0 searches (folder_paths.py); an entry outside them would never be found.
+    assert {"checkpoints", "loras", "vae", "text_encoders", "diffusion_models", "upscale_models"} <= FOLDERS
+    assert parse_entry("diffusion_models/flux.safetensors=https://x/f").target == "diffusion_models/flux.safetensors"
+
+
+def test_a_failed_download_leaves_no_file(tmp_path: Path) -> None:
+    server = _Server(404, b"no")
+    try:
+        entry = ModelEntry("loras/x.safetensors", f"http://127.0.0.1:{server.port}/x")
+        with pytest.raises(OSError):
+            fetch_model(entry, tmp_path, token=None)
+        assert server.headers == [""]  # no token, no Authorization header
+        assert not (tmp_path / "loras" / "x.safetensors").exists()
+    finally:
+        server.close()
+
+
+def test_main_checks_every_entry_before_downloading(tmp_path: Path) -> None:
+    server = _Server(200, b"weights")
+    try:
+        good = f"loras/x.safetensors=http://127.0.0.1:{server.port}/x"
+        with pytest.raises(ValueError, match="must start with"):
+            main([str(tmp_path), "--models", f"{good}, weights/y.bin=https://x/y"])
+        assert server.headers == [] and not list(tmp_path.iterdir())
+        token = tmp_path / "token"
+        token.write_text("hf_abc\n")
+        main([str(tmp_path / "models"), "--models", good, "--token-file", str(token)])
+        assert (tmp_path / "models" / "loras" / "x.safetensors").read_bytes() == b"weights"
+        assert server.headers == ["Bearer hf_abc"]
+    finally:
+        server.close()
+
+
 def test_health_check_follows_ping_and_accepts_no_listener() -> None:
     ready, loading = _Server(200, b"{}"), _Server(204)
     try:
@@ -85,3 +127,37 @@ def test_health_check_follows_ping_and_accepts_no_listener() -> None:
         probe.bind(("127.0.0.1", 0))
         free = probe.getsockname()[1]
     assert check(free) == 0
+
+
+# --- the runtime's health (GET /health's "worker" section) -----------------------------------------------------
+
+
+def test_runtime_health_reports_the_embedded_comfyui(runtime) -> None:
+    health = runtime.health()
+    json.dumps(health)  # served as JSON as it is
+    assert (health["device"], health["gpu"]) == ("cpu", None)
+    comfyui = health["comfyui"]
+    assert comfyui["version"] == "0.8.0" and comfyui["matches_pin"] is True
+    assert comfyui["commit"] == comfyui["pinned_commit"] and len(comfyui["commit"]) == 40
+    assert comfyui["node_types"] == len(runtime.engine.node_types) > 100  # ComfyUI's built-in nodes and ours
+    assert isinstance(comfyui["builtin_modules_failed"], dict)
+    assert health["preloaded_checkpoints"] == [TINY]
+    assert health["warmup"] and all(entry["error"] is None for entry in health["warmup"].values())
+    assert [key.split()[0] for key in health["warmup"]] == [TINY]
+    assert "BaseModel" in {model["model"] for model in health["resident_models"]}
+    assert health["storage"] == "off"
+    assert health["boot_seconds"]["boot_total"] >= health["boot_seconds"]["load_and_warmup"] > 0
+    assert health["attention"] is not None
+    assert set(health["custom_nodes"]) == {"dirs", "loaded", "failed"}
+
+
+def test_runtime_health_shows_storage_without_credentials(runtime) -> None:
+    env = {"BUCKET_ENDPOINT_URL": "http://127.0.0.1:9", "BUCKET_NAME": "outputs",
+           "BUCKET_ACCESS_KEY_ID": "AKIDHEALTH", "BUCKET_SECRET_ACCESS_KEY": "s3cr3t-health"}
+    storage = Settings.from_env(env).storage
+    health = with_settings(runtime, storage=storage).health()
+    assert health["storage"].startswith("bucket 'outputs' at http://127.0.0.1:9, upload=always")
+    text = json.dumps(health)
+    assert "s3cr3t-health" not in text and "AKIDHEALTH" not in text
+    half = Settings.from_env({"BUCKET_NAME": "outputs"}).storage
+    assert with_settings(runtime, storage=half).health()["storage"].startswith("misconfigured: half-configured")

@@ -3,10 +3,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from worker.config import ConfigError, Settings
-from worker.runtime import pick_device, pick_dtype, preload_names
+from worker.runtime import limits_for, pick_device
 
 
 def test_defaults() -> None:
@@ -36,7 +35,8 @@ def test_extra_model_dirs_come_first(tmp_path: Path) -> None:
     [
         ({"MAX_IMAGE_SIDE": "big"}, "MAX_IMAGE_SIDE"),
         ({"MAX_IMAGE_SIDE": "8"}, "MAX_IMAGE_SIDE"),
-        ({"WORKER_DTYPE": "fp8"}, "WORKER_DTYPE"),
+        ({"MAX_FRAMES": "0"}, "MAX_FRAMES"),
+        ({"DETERMINISTIC": "maybe"}, "DETERMINISTIC"),
         ({"RUNPOD_LOG_LEVEL": "WARNING"}, "RUNPOD_LOG_LEVEL"),
     ],
 )
@@ -45,22 +45,44 @@ def test_bad_values_name_the_variable(env: dict[str, str], culprit: str) -> None
         Settings.from_env(env)
 
 
-def test_preload_list_and_modes() -> None:
-    available = ["a.safetensors", "b", "tiny-sd"]
-    assert preload_names(Settings.from_env({"PRELOAD_CHECKPOINTS": "b"}), available) == ["b"]
-    assert preload_names(Settings.from_env({"PRELOAD_CHECKPOINTS": "none"}), available) == []
-    assert preload_names(Settings.from_env({}), available) == []  # auto, several real checkpoints
-    assert preload_names(Settings.from_env({}), ["only.safetensors", "tiny-sd"]) == ["only.safetensors"]
-    assert preload_names(Settings.from_env({}), ["tiny-sd"]) == ["tiny-sd"]
-    with pytest.raises(ConfigError, match=r"missing\.safetensors"):
-        preload_names(Settings.from_env({"PRELOAD_CHECKPOINTS": "missing.safetensors"}), available)
+def test_preload_modes_are_read() -> None:
+    assert (Settings.from_env({}).preload_mode, Settings.from_env({}).preload) == ("auto", ())
+    for raw in ("none", "ALL", " auto "):
+        settings = Settings.from_env({"PRELOAD_CHECKPOINTS": raw})
+        assert (settings.preload_mode, settings.preload) == (raw.strip().lower(), ())
+    listed = Settings.from_env({"PRELOAD_CHECKPOINTS": "a.safetensors, sub/b.ckpt,,"})
+    assert (listed.preload_mode, listed.preload) == ("list", ("a.safetensors", "sub/b.ckpt"))
 
 
-def test_device_and_dtype_choice() -> None:
-    assert pick_device("auto", cuda_available=False).type == "cpu"
-    assert pick_device("auto", cuda_available=True).type == "cuda"
-    with pytest.raises(ConfigError, match="WORKER_DEVICE"):
+def test_device_choice() -> None:
+    assert pick_device("auto", cuda_available=False) == "cpu"
+    assert pick_device("auto", cuda_available=True) == "cuda"
+    assert pick_device("cuda:1", cuda_available=True) == "cuda:1"
+    assert pick_device("cpu", cuda_available=True) == "cpu"
+    with pytest.raises(ConfigError, match="WORKER_DEVICE=cuda but no CUDA device"):
         pick_device("cuda", cuda_available=False)
-    assert pick_dtype("auto", torch.device("cpu")) == torch.float32
-    assert pick_dtype("auto", torch.device("cuda")) == torch.float16
-    assert pick_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+    for bad in ("gpu", "cuda:x", "mps"):
+        with pytest.raises(ConfigError, match="not a device name"):
+            pick_device(bad, cuda_available=True)
+
+
+def test_embedded_comfyui_settings() -> None:
+    defaults = Settings.from_env({})
+    assert defaults.vram_mode == "auto" and defaults.builtin_checkpoint and defaults.custom_nodes
+    assert defaults.cache_ram_headroom_gb == 4.0
+    env = {"COMFYUI_VRAM_MODE": "lowvram", "BUILTIN_CHECKPOINT": "off", "CUSTOM_NODES": "0",
+           "CACHE_RAM_HEADROOM_MB": "512", "WORKER_WORK_DIR": "/tmp/w", "COMFYUI_DIR": "/opt/ComfyUI"}
+    settings = Settings.from_env(env)
+    assert settings.vram_mode == "lowvram" and not settings.builtin_checkpoint and not settings.custom_nodes
+    assert settings.cache_ram_headroom_gb == 0.5
+    assert settings.work_dir == Path("/tmp/w") and settings.comfyui_dir == Path("/opt/ComfyUI")
+    with pytest.raises(ConfigError, match="COMFYUI_VRAM_MODE"):
+        Settings.from_env({"COMFYUI_VRAM_MODE": "turbo"})
+
+
+def test_limits_come_from_the_settings() -> None:
+    env = {"MAX_WORKFLOW_NODES": "7", "MAX_IMAGE_SIDE": "512", "MAX_BATCH_SIZE": "2", "MAX_STEPS": "9",
+           "MAX_FRAMES": "33", "MAX_TEXT_CHARS": "100"}
+    limits = limits_for(Settings.from_env(env))
+    assert (limits.max_nodes, limits.max_side, limits.max_batch, limits.max_steps, limits.max_frames,
+            limits.max_text_chars) == (7, 512, 2, 9, 33, 100)

@@ -10,7 +10,7 @@ import pytest
 
 from tests.helpers import b64, png_bytes, txt2img
 from worker.config import Settings
-from worker.contract import Request, failure, output_item, parse_request, success
+from worker.contract import Request, failure, no_outputs, output_item, parse_request, success
 from worker.errors import UserError
 
 SETTINGS = Settings.from_env({})
@@ -51,11 +51,30 @@ def test_input_none() -> None:
     assert "workflow" in message
 
 
-@pytest.mark.parametrize(("job_input", "kind"), [([txt2img()], "list"), ("workflow", "str"), (3, "int")])
+@pytest.mark.parametrize(("job_input", "kind"), [([txt2img()], "list"), (3, "int"), (True, "bool")])
 def test_input_not_an_object(job_input: Any, kind: str) -> None:
     message = str(rejected(job_input))
     assert "'input' must be an object" in message
     assert kind in message
+
+
+def test_input_as_a_json_string_is_parsed_like_the_object() -> None:
+    body = {"workflow": txt2img(), "images": [image("a.png")], "output": {"format": "webp"}}
+    request = parse(json.dumps(body))
+    assert request.workflow == txt2img()
+    assert request.images == {"a.png": PNG}
+    assert request.output.format == "webp"
+
+
+@pytest.mark.parametrize("job_input", ["workflow", json.dumps([txt2img()]), "42", "null", '"{}"', ""])
+def test_input_string_that_is_not_a_json_object_is_refused(job_input: str) -> None:
+    message = str(rejected(job_input))
+    assert message == "'input' is a string but not a JSON object; expected {\"workflow\": {...}}"
+
+
+def test_input_json_string_is_checked_like_the_object() -> None:
+    assert "'input' is empty" in str(rejected("{}"))
+    assert "'input.workflow' is missing" in str(rejected(json.dumps({"images": []})))
 
 
 def test_input_empty() -> None:
@@ -309,3 +328,26 @@ def test_data_uri_with_parameters_is_accepted() -> None:
     uri = "data:image/png;charset=utf-8;base64," + b64(data)
     request = parse_request({"workflow": txt2img(), "images": [{"name": "a.png", "image": uri}]}, Settings.from_env({}))
     assert request.images["a.png"] == data
+
+
+def test_success_lists_files_only_when_there_are_some() -> None:
+    still = output_item("ComfyUI_00001_.png", "aGVsbG8=")
+    audio = output_item("audio_00001_.flac", "ZkxhQw==")
+    result = success([still], [], {"device": "cpu"}, [audio])
+    assert result == {"images": [still], "files": [audio], "metadata": {"device": "cpu"}}
+    assert "files" not in success([still], [], None, [])
+
+
+def test_no_outputs_is_worker_comfyuis_answer() -> None:
+    assert no_outputs() == {"status": "success_no_images", "images": []}
+    assert no_outputs([]) == {"status": "success_no_images", "images": []}
+    assert no_outputs(["node 3 (KSampler) input 'stepz' ..."]) == {
+        "status": "success_no_images", "images": [], "metadata": {"warnings": ["node 3 (KSampler) input 'stepz' ..."]}}
+
+
+def test_workflow_ui_as_a_json_string_is_parsed() -> None:
+    ui = {"nodes": [{"id": 3}], "links": []}
+    assert parse({"workflow": txt2img(), "workflow_ui": json.dumps(ui)}).output.workflow_ui == ui
+    assert parse({"workflow": txt2img(), "workflow_ui": ui}).output.workflow_ui == ui
+    message = str(rejected({"workflow": txt2img(), "workflow_ui": "[1, 2]"}))
+    assert "input.workflow_ui: expected the UI workflow as an object" in message

@@ -1,10 +1,58 @@
+"""Progress events: ComfyUI's executor events as the job's progress (worker/embed/runner.py), throttled and
+posted in order (worker/progress.py)."""
+
 from __future__ import annotations
 
 import random
 import threading
 import time as clock
 
+from worker.embed.runner import _JobEvents
 from worker.progress import OrderedSender, Throttle
+from worker.stop import StopSignal
+
+PROMPT = {"4": {"class_type": "CheckpointLoaderSimple"}, "3": {"class_type": "KSampler"},
+          "9": {"class_type": "SaveImage"}}
+
+
+def test_comfyui_events_become_node_and_step_events_with_node_times() -> None:
+    sent: list[dict] = []
+    events = _JobEvents(PROMPT, StopSignal(), sent.append, interrupt=lambda value: None)
+    events("execution_start", {"prompt_id": "p"})
+    events("execution_cached", {"nodes": ["4"], "prompt_id": "p"})
+    events("executing", {"node": "3", "prompt_id": "p"})
+    events("progress", {"value": 1, "max": 2, "node": "3"})
+    events("progress", {"value": 2, "max": 2, "node": None})  # no node given: the running one
+    clock.sleep(0.01)
+    events("executing", {"node": "9", "prompt_id": "p"})
+    events("executing", {"node": None, "prompt_id": "p"})  # the prompt ended
+    events("status", "not a dict")  # ignored
+    assert sent == [
+        {"node": "3", "class_type": "KSampler", "node_index": 1, "node_count": 3},
+        {"node": "3", "class_type": "KSampler", "node_index": 1, "node_count": 3, "step": 1, "steps": 2},
+        {"node": "3", "class_type": "KSampler", "node_index": 1, "node_count": 3, "step": 2, "steps": 2},
+        {"node": "9", "class_type": "SaveImage", "node_index": 2, "node_count": 3},
+    ]
+    assert events.cached == ["4"]
+    assert set(events.node_ms) == {"3 KSampler", "9 SaveImage"} and events.node_ms["3 KSampler"] >= 10
+
+
+def test_a_stop_before_the_executor_started_is_set_again_and_a_failing_consumer_is_harmless() -> None:
+    armed: list[bool] = []
+    stop = StopSignal()
+
+    def consumer(event: dict) -> None:
+        raise RuntimeError("the client went away")
+
+    events = _JobEvents(PROMPT, stop, consumer, interrupt=armed.append)
+    events("execution_start", {})
+    assert armed == []  # not stopped: ComfyUI's cleared flag stays clear
+    stop.cancel()
+    events("execution_start", {})  # ComfyUI cleared the flag as it started: the cancel is set again
+    assert armed == [True]
+    events("executing", {"node": "3"})  # the consumer raises; the job goes on
+    events.finish()
+    assert list(events.node_ms) == ["3 KSampler"]
 
 
 def test_node_changes_always_pass_steps_are_throttled() -> None:
