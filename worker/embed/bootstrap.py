@@ -228,10 +228,13 @@ def boot(options: EmbedOptions) -> Booted:
     shimmed = torchvision_shim.shimmed
     _set_args(options)
     server_stub.install()
-    import comfy.model_management
+    # The order is ComfyUI's (see the module docstring): utils.extra_config before nodes.
+    # isort: off
+    import utils.extra_config  # noqa: F401
+    import comfy.model_management  # (reads args: device, VRAM mode)
     import comfy.utils
     import folder_paths
-    import utils.extra_config  # noqa: F401  (before nodes: see the module docstring)
+    # isort: on
 
     comfy.utils.PROGRESS_BAR_ENABLED = False  # tqdm bars on stderr; progress goes through our hook instead
     _model_folders(options)

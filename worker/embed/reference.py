@@ -80,6 +80,10 @@ def _stock(comfy_dir: Path, models_dir: Path, output_dir: Path) -> tuple[Any, _E
     import comfy.options
 
     comfy.options.enable_args_parsing(False)
+    import torch
+    from comfy.cli_args import args
+
+    args.cpu = not torch.cuda.is_available()  # what a user without a GPU passes: `python main.py --cpu`
     # main.py's server module needs the frontend package; the executor needs only its instance's interface.
     events = _Events()
     server = types.ModuleType("server")
@@ -89,10 +93,13 @@ def _stock(comfy_dir: Path, models_dir: Path, output_dir: Path) -> tuple[Any, _E
 
     server.PromptServer = PromptServer  # type: ignore[attr-defined]
     sys.modules["server"] = server
+    # main.py's order: utils.extra_config before nodes, which puts comfy/ first on sys.path.
+    # isort: off
+    import utils.extra_config  # noqa: F401
     import execution
     import folder_paths
     import nodes
-    import utils.extra_config  # noqa: F401  (main.py's order)
+    # isort: on
 
     folder_paths.set_output_directory(str(output_dir))
     folder_paths.add_model_folder_path("checkpoints", str(models_dir / "checkpoints"))
