@@ -1,6 +1,6 @@
-"""The real baked kernels on a CUDA GPU: loaded offline, verified against math SDPA on SD shapes, installed
-into a UNet, and the start-up choice for this GPU. Skipped without a GPU; a kernel that is not baked (or has
-no build for this GPU) is skipped with the reason.
+"""The real baked kernels on a CUDA GPU: loaded offline, verified against math SDPA on SD, SDXL and Flux
+shapes, and the start-up choice for this GPU as a worker on cuda reports it. Skipped without a GPU; a kernel
+that is not baked (or has no build for this GPU) is skipped with the reason.
 
 In the image the builds are under ATTENTION_KERNELS_DIR (default /opt/worker/cache/kernels); elsewhere bake
 them first: `python -m worker.attention.bake <dir>` and run with ATTENTION_KERNELS_DIR=<dir>.
@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.gpu.cuda_process import run_on_cuda
 from worker.attention.functions import DEFAULT_SHAPES, AttnShape, kernel_function, sdpa_function, verify
 from worker.attention.loading import find_build, load_module
 from worker.attention.policy import arch_supports
@@ -50,34 +51,6 @@ def test_baked_kernel_matches_math_sdpa(name: str, dtype: torch.dtype, kernels_d
     assert result.ok, result.detail
 
 
-@pytest.mark.parametrize("name", sorted(KERNELS))
-def test_baked_kernel_in_the_unet_matches_sdpa(name: str, kernels_dir: Path, cache_dir: Path) -> None:
-    from worker.attention.processor import KernelAttnProcessor, install
-    from worker.models.store import ModelStore
-
-    spec, module = baked(name, kernels_dir)
-    calls = []
-    fn = kernel_function(module, spec)
-
-    def counted(q, k, v):
-        calls.append(q.shape)
-        return fn(q, k, v)
-
-    unet = ModelStore(roots=[], cache_dir=cache_dir, device=CUDA, dtype=torch.float16).checkpoint(
-        "tiny-sd").model.unet
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 4, 16, 16, generator=gen).to(CUDA, torch.float16)
-    context = torch.randn(2, 77, 32, generator=gen).to(CUDA, torch.float16)
-    t = torch.tensor([500.0, 500.0], device=CUDA)
-    with torch.inference_mode():
-        expected = unet(x, t, encoder_hidden_states=context).sample.float()
-        report = install(unet, KernelAttnProcessor(counted, name, (torch.float16, torch.bfloat16)),
-                         spec.max_head_dim, spec.head_dim_multiple)
-        got = unet(x, t, encoder_hidden_states=context).sample.float()
-    assert report.installed == 8 and len(calls) == 8 and all(shape[0] == 2 for shape in calls)
-    assert float((got - expected).abs().max() / expected.abs().max()) < 1e-2
-
-
 @pytest.mark.parametrize("backend", ["sdpa-cudnn", "sdpa-flash", "sdpa-efficient"])
 def test_forced_sdpa_kernels_verify_or_say_why(backend: str) -> None:
     result = verify(sdpa_function(backend), DEFAULT_SHAPES[:2], CUDA, torch.float16)
@@ -98,12 +71,21 @@ def test_start_up_choice_on_this_gpu(kernels_dir: Path, tmp_path: Path) -> None:
     print(selector.health())
 
 
-def test_boot_on_cuda_reports_attention(base_env: dict[str, str], kernels_dir: Path) -> None:
-    from worker.config import Settings
-    from worker.runtime import boot
+def test_boot_on_cuda_reports_attention(base_env: dict[str, str], kernels_dir: Path, tmp_path: Path) -> None:
+    # A worker process of its own: ComfyUI boots once per process, and this one's is on the CPU.
+    code = """
+from tests.helpers import job, txt2img
+from worker.jobs import run_job
 
-    env = {**base_env, "WORKER_DEVICE": "cuda", "ATTENTION_KERNELS_DIR": str(kernels_dir)}
-    runtime = boot(Settings.from_env(env))
-    attention = runtime.health()["attention"]
+report["health"] = runtime.health()
+report["job"] = run_job(runtime, job(txt2img(width=128, height=128), job_id="attention"))
+"""
+    report = run_on_cuda(code, base_env, tmp_path, ATTENTION_KERNELS_DIR=str(kernels_dir))
+    attention = report["health"]["attention"]
     assert attention["backend"] and attention["reason"]
-    assert attention["models"]["tiny-sd"]["backend"] in ("sdpa", attention["backend"])
+    assert attention["system"]["capability"] == list(torch.cuda.get_device_capability())
+    assert attention["system"]["dtype"] == "float16"
+    assert attention["backend"] == "sdpa" or attention["verification"].startswith("matches math SDPA")
+    result = report["job"]
+    assert "images" in result, result
+    assert result["metadata"]["attention"] == {key: attention[key] for key in ("backend", "kernel", "reason")}

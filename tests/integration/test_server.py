@@ -1,4 +1,5 @@
-"""The local RunPod endpoint over real HTTP on 127.0.0.1, running real jobs on the tiny checkpoint."""
+"""The local RunPod endpoint over real HTTP on 127.0.0.1, running real jobs on the embedded ComfyUI and the
+built-in tiny checkpoint (the session's shared runtime: the server's starter hands it over)."""
 
 from __future__ import annotations
 
@@ -16,10 +17,12 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import decode_result_image, txt2img
+from tests.helpers import TINY, decode_result_image, txt2img
+from worker.embed import install
 from worker.server import serve
 
-LONG = {"width": 256, "height": 256, "steps": 200}  # ~4 s on a laptop CPU: long enough to cancel or time out
+# ~0.1 s a step on a 2-core CPU, ~20 s to the end: long enough to cancel or time out, never waited out.
+LONG = {"width": 128, "height": 128, "steps": 200}
 
 
 class ServerThread:
@@ -129,9 +132,16 @@ def test_runsync_returns_the_result(server: ServerThread) -> None:
     assert body["output"]["images"][0]["filename"] == "ComfyUI_00001_.png"
 
 
-def test_runsync_short_wait_answers_in_progress_then_status_completes(server: ServerThread) -> None:
-    status, body = server.call("POST", "/runsync?wait=1000", job_body(width=256, height=256, steps=120))
-    assert status == 200 and body["status"] in ("IN_QUEUE", "IN_PROGRESS")
+def test_runsync_short_wait_answers_in_queue_then_status_completes(server: ServerThread) -> None:
+    # Behind a long job the short one cannot finish within its 1 s wait, however fast the machine.
+    _, long_job = server.call("POST", "/run", job_body(**LONG))
+    try:
+        started = time.monotonic()
+        status, body = server.call("POST", "/runsync?wait=1000", job_body(seed=32))
+        assert 1.0 <= time.monotonic() - started < 10
+        assert status == 200 and body["status"] == "IN_QUEUE" and body["id"].startswith("sync-")
+    finally:
+        server.call("POST", f"/cancel/{long_job['id']}")
     final = server.wait_status(body["id"], {"COMPLETED", "FAILED"})
     assert final["status"] == "COMPLETED" and final["output"]["images"]
 
@@ -148,7 +158,7 @@ def test_cancel_stops_a_running_job_within_a_step(server: ServerThread) -> None:
     final = server.wait_status(queued["id"], {"CANCELLED", "COMPLETED", "FAILED"})
     assert final["status"] == "CANCELLED"
     _, streamed = server.call("GET", f"/stream/{queued['id']}")
-    last_step = max(item["output"]["step"] or 0 for item in streamed["stream"])
+    last_step = max(item["output"].get("step") or 0 for item in streamed["stream"])
     assert last_step <= step_at_cancel + 2 < LONG["steps"]
     # The worker takes the next job normally.
     assert server.call("POST", "/runsync", job_body())[1]["status"] == "COMPLETED"
@@ -177,20 +187,33 @@ def test_failed_job_reports_the_error_string(server: ServerThread) -> None:
     workflow["9"]["inputs"]["images"] = ["77", 0]
     _, body = server.call("POST", "/runsync", {"input": {"workflow": workflow}})
     assert body["status"] == "FAILED"
-    assert "node 9 (SaveImage)" in body["error"] and "'77'" in body["error"]
+    assert body["error"] == ("invalid workflow: node 9 (SaveImage) input 'images': links to node 77, which is not "
+                             "in the workflow"), body["error"]
 
 
 def test_health_counts_move_as_jobs_pass(server: ServerThread) -> None:
     _, before = server.call("GET", "/health")
-    server.call("POST", "/runsync", job_body())
+    server.call("POST", "/runsync", job_body(seed=4321))  # a seed of its own: sampled, so the model is loaded
     bad = txt2img()
     bad["3"]["inputs"]["steps"] = 0
     server.call("POST", "/runsync", {"input": {"workflow": bad}})
     _, after = server.call("GET", "/health")
     assert after["jobs"]["completed"] == before["jobs"]["completed"] + 1
     assert after["jobs"]["failed"] == before["jobs"]["failed"] + 1
-    assert after["worker"]["ready"] is True and after["worker"]["resident_checkpoints"] == ["tiny-sd"]
     assert after["workers"] == {"idle": 1, "running": 0, "initializing": 0}
+    worker = after["worker"]
+    assert worker["ready"] is True and worker["error"] is None and worker["device"] == "cpu"
+    pin = install.read_pin()
+    assert worker["comfyui"]["version"] == pin.version == "0.8.0"
+    assert worker["comfyui"]["pinned_commit"] == pin.commit
+    assert worker["comfyui"]["commit"] == pin.commit and worker["comfyui"]["matches_pin"] is True
+    assert worker["comfyui"]["node_types"] > 300  # ComfyUI's built-in nodes, not a handful of our own
+    assert worker["preloaded_checkpoints"] == [TINY]
+    assert [w["error"] for w in worker["warmup"].values()] == [None]
+    assert "BaseModel" in {m["model"] for m in worker["resident_models"]}
+    custom = worker["custom_nodes"]
+    assert custom["loaded"]["worker_test_v3"] == ["WorkerTestInvert"]
+    assert "a_module_that_does_not_exist" in custom["failed"]["worker_test_broken"]
 
 
 def test_twenty_concurrent_submissions_all_complete(server: ServerThread) -> None:
@@ -275,13 +298,27 @@ def test_failed_start_up_makes_ping_unhealthy(runtime) -> None:
         srv.close()
 
 
-def test_object_info_and_model_lists(server: ServerThread) -> None:
+def test_object_info_and_model_lists(server: ServerThread, models_dir) -> None:
     status, info = server.call("GET", "/object_info")
     assert status == 200
-    assert "tiny-sd" in info["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0]
-    assert set(server.call("GET", "/object_info/KSampler")[1]) == {"KSampler"}
-    assert server.call("GET", "/object_info/Nope")[0] == 404
-    assert "checkpoints" in server.call("GET", "/models")[1]
-    assert "tiny-sd" in server.call("GET", "/models/checkpoints")[1]
+    assert TINY in info["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0]
+    assert info["SaveVideo"]["output_node"] is True and "WorkerTestInvert" in info  # ComfyUI's and custom nodes
+    status, one = server.call("GET", "/object_info/KSampler")
+    assert status == 200 and set(one) == {"KSampler"}
+    assert one["KSampler"]["input"]["required"]["steps"][1]["min"] == 1
+    assert one["KSampler"]["output"] == ["LATENT"]
+    status, body = server.call("GET", "/object_info/Nope")
+    assert status == 404 and "'Nope'" in body["error"]
+    folders = server.call("GET", "/models")[1]
+    assert {"checkpoints", "loras", "vae", "text_encoders", "diffusion_models"} <= set(folders)
+    assert "custom_nodes" not in folders
+    assert TINY in server.call("GET", "/models/checkpoints")[1]
+    lora = models_dir / "loras" / "server-test-lora.safetensors"  # added while the worker runs: listed
+    lora.write_bytes(b"not read by a listing")
+    try:
+        status, loras = server.call("GET", "/models/loras")
+        assert status == 200 and "server-test-lora.safetensors" in loras and TINY not in loras
+    finally:
+        lora.unlink()
     status, body = server.call("GET", "/models/weights")
     assert status == 404 and "checkpoints" in body["error"]
