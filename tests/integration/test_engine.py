@@ -127,7 +127,7 @@ def test_custom_nodes_v1_and_v3_load_and_a_broken_one_is_listed(runtime) -> None
 
 def test_a_failing_node_is_named_and_its_traceback_stays_in_the_log(runtime, caplog) -> None:
     workflow = txt2img(seed=7)
-    workflow["12"] = {"class_type": "FailingNode", "inputs": {"image": ["8", 0]}}
+    workflow["12"] = {"class_type": "FailingNode", "inputs": {"image": ["8", 0], "kind": "value"}}
     workflow["9"]["inputs"]["images"] = ["12", 0]
     with caplog.at_level("ERROR"):
         result = run_job(runtime, job(workflow, job_id="fails"))
