@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-from worker.embed import bootstrap, save, tiny
+from worker.embed import bootstrap, save, tiny, ui_format
 from worker.embed.attention import AttentionOverride, wrap_loaders
+from worker.embed.needs import NodeMeta, missing_models
 from worker.embed.runner import Runner, RunResult
 from worker.embed.server_stub import PromptServer
 from worker.embed.validate import Limits, comfy_problems, limit_problems, shape_problems, unused_inputs
@@ -100,6 +101,7 @@ class Engine:
         self.attention: AttentionOverride | None = None
         self.attention_models: dict[str, str] = {}  # model class -> backend installed into it
         self.attention_loaders: list[str] = []
+        self._model_inputs: dict[tuple[str, str], str] | None = None
 
     def install_attention(self, override: AttentionOverride) -> None:
         """Every model the built-in loaders make from now on runs `override` (before the first prompt)."""
@@ -116,7 +118,11 @@ class Engine:
             started = time.perf_counter()
             tiny.ensure(builtin_dir / "checkpoints")
             booted.seconds["builtin_checkpoint"] = time.perf_counter() - started
-        return cls(booted, Runner(PromptServer.instance, ram_headroom_gb), options)
+        engine = cls(booted, Runner(PromptServer.instance, ram_headroom_gb), options)
+        started = time.perf_counter()
+        engine.model_inputs()  # before the first prompt: it swaps a ComfyUI function for a moment
+        booted.seconds["model_inputs"] = time.perf_counter() - started
+        return engine
 
     # --- what is installed ---------------------------------------------------------------------------
     @property
@@ -136,6 +142,20 @@ class Engine:
         if folder not in folder_paths.folder_names_and_paths:
             raise KeyError(folder)
         return list(folder_paths.get_filename_list(folder))
+
+    def model_inputs(self) -> dict[tuple[str, str], str]:
+        """(class_type, input) -> the model folder whose file names the input takes, for every node type:
+        each node's INPUT_TYPES() is read once while folder_paths.get_filename_list answers a marker per
+        folder, so custom nodes' loaders are found as well as ComfyUI's own."""
+        if self._model_inputs is None:
+            import folder_paths
+
+            self._model_inputs = folder_inputs(self.node_types, folder_paths)
+        return self._model_inputs
+
+    def convert_ui(self, workflow: dict[str, Any]) -> ui_format.Converted:
+        """A saved UI workflow as the API graph ComfyUI's frontend would queue (UserError when it cannot)."""
+        return ui_format.to_api(workflow, self.node_types)
 
     def object_info(self, class_type: str | None = None) -> dict[str, Any]:
         """What ComfyUI's GET /object_info answers, built by ComfyUI's own function where it has one."""
@@ -176,12 +196,19 @@ class Engine:
         if problems:
             raise UserError.many("invalid workflow", problems)
 
-    def validate(self, prompt: dict[str, Any], limits: Limits) -> Checked:
+    def validate(self, prompt: dict[str, Any], limits: Limits, meta: dict[str, NodeMeta] | None = None) -> Checked:
         """Our shape and limit checks, then ComfyUI's validate_prompt (which casts values in place); raises
-        UserError listing every problem."""
+        UserError listing every problem. Missing model files are named by folder (with the URL the UI
+        workflow's `meta` gives), in place of ComfyUI's "not in list" for them."""
         self.limits_check(prompt, limits)
         ok, error, outputs, node_errors = self.runner.validate(prompt)
-        problems = comfy_problems(prompt, error, node_errors, self.node_types)
+        refused = {(str(node_id), str((e.get("extra_info") or {}).get("input_name")))
+                   for node_id, entry in node_errors.items() for e in entry.get("errors", [])
+                   if e.get("type") == "value_not_in_list"}
+        missing = missing_models(prompt, self.model_inputs(), self.model_files, meta, refused) if refused else []
+        if missing:
+            node_errors = _without_missing_files(node_errors, prompt, self.model_inputs())
+        problems = [*missing, *comfy_problems(prompt, error, node_errors, self.node_types)]
         if not ok or problems:
             raise UserError.many("invalid workflow", problems or ["ComfyUI refused the workflow"])
         return Checked(outputs=[str(o) for o in outputs], warnings=unused_inputs(prompt, self.node_types))
@@ -240,6 +267,46 @@ class Engine:
             "attention_override": None if self.attention is None else {
                 **self.attention.health(), "models": self.attention_models, "loaders": self.attention_loaders},
         }
+
+
+def folder_inputs(node_types: Mapping[str, Any], folder_paths: Any) -> dict[tuple[str, str], str]:
+    found: dict[tuple[str, str], str] = {}
+    original = folder_paths.get_filename_list
+    marker = "\0{}\0/marker.safetensors"
+    folder_paths.get_filename_list = lambda folder: [marker.format(folder_paths.map_legacy(folder))]
+    try:
+        for class_type, cls in node_types.items():
+            try:
+                declared = cls.INPUT_TYPES()
+            except Exception:
+                continue
+            for section in ("required", "optional"):
+                for name, spec in (declared.get(section) or {}).items():
+                    choices = spec[0] if isinstance(spec, list | tuple) and spec else None
+                    if choices == "COMBO" and len(spec) > 1 and isinstance(spec[1], dict):
+                        choices = spec[1].get("options")
+                    for choice in choices if isinstance(choices, list | tuple) else ():
+                        if isinstance(choice, str) and choice.startswith("\0") and choice.endswith(
+                                "\0/marker.safetensors"):
+                            found[(class_type, name)] = choice[1:].split("\0", 1)[0]
+                            break
+    finally:
+        folder_paths.get_filename_list = original
+    return found
+
+
+def _without_missing_files(node_errors: Mapping[str, Any], prompt: Mapping[str, Any],
+                           model_inputs: Mapping[tuple[str, str], str]) -> dict[str, Any]:
+    """ComfyUI's errors less its "value not in list" for model inputs (said better by missing_models)."""
+    kept: dict[str, Any] = {}
+    for node_id, entry in node_errors.items():
+        class_type = str((prompt.get(node_id) or {}).get("class_type"))
+        errors = [e for e in entry.get("errors", []) if not (
+            e.get("type") == "value_not_in_list"
+            and (class_type, (e.get("extra_info") or {}).get("input_name")) in model_inputs)]
+        if errors:
+            kept[node_id] = {**entry, "errors": errors}
+    return kept
 
 
 def _node_info(nodes: Any, name: str) -> dict[str, Any]:
