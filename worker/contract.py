@@ -52,6 +52,8 @@ class Request:
     images: dict[str, bytes]  # name -> verified image bytes
     unknown_keys: tuple[str, ...] = ()
     output: OutputOptions = field(default_factory=OutputOptions)
+    # `workflow` is ComfyUI's saved (UI) form ('nodes' and 'links'): jobs.py converts it with the engine's nodes.
+    ui_format: bool = False
 
 
 def parse_request(job_input: Any, settings: Settings) -> Request:
@@ -71,7 +73,8 @@ def parse_request(job_input: Any, settings: Settings) -> Request:
     output = _output(job_input.get("output"), job_input.get("workflow_ui"), settings)
     images = _images(job_input.get("images"), settings)
     unknown = tuple(sorted(k for k in job_input if k not in KNOWN_KEYS))
-    return Request(workflow=workflow, images=images, unknown_keys=unknown, output=output)
+    return Request(workflow=workflow, images=images, unknown_keys=unknown, output=output,
+                   ui_format="nodes" in workflow and "links" in workflow)
 
 
 def _output(raw: Any, workflow_ui: Any, settings: Settings) -> OutputOptions:
@@ -135,11 +138,6 @@ def _workflow(raw: Any) -> dict[str, Any]:
             raise UserError(f"'input.workflow' is a string but not valid JSON: {exc}") from None
     if not isinstance(raw, dict):
         raise UserError(f"'input.workflow' must be an object of nodes, got {type(raw).__name__}")
-    if "nodes" in raw and "links" in raw:
-        raise UserError(
-            "'input.workflow' is in ComfyUI's UI format (it has 'nodes' and 'links'); export it with "
-            "'Save (API)' / 'Export (API)' instead"
-        )
     if not raw:
         raise UserError("'input.workflow' is empty; send a ComfyUI API-format graph")
     return raw

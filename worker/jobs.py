@@ -63,21 +63,24 @@ def run_job(
         request = contract.parse_request(job.get("input"), runtime.settings)
         if request.unknown_keys:
             log.info("job %s: ignoring unknown input keys %s", job_id, ", ".join(request.unknown_keys))
+        workflow, ui, meta = request.workflow, request.output.workflow_ui, None
+        if request.ui_format:  # as ComfyUI saves it: converted the way its frontend queues it
+            converted = engine.convert_ui(request.workflow)
+            workflow, meta, ui = converted.prompt, converted.meta, ui or request.workflow
         timer.lap("parse")
-        nodes = len(request.workflow)
-        engine.limits_check(request.workflow, limits_for(runtime.settings))
+        nodes = len(workflow)
+        engine.limits_check(workflow, limits_for(runtime.settings))
         with runtime.job_lock:
             timer.lap("queue")
             stop.check()
             with engine.job_files(job_id, request.images):
-                checked = engine.validate(request.workflow, limits_for(runtime.settings))
+                checked = engine.validate(workflow, limits_for(runtime.settings), meta)
                 for warning in checked.warnings:
                     log.info("job %s: %s", job_id, warning)
                 timer.lap("validate")
                 stop.check()
                 pipeline = OutputPipeline(runtime.settings, request.output, job_id)
-                ui = request.output.workflow_ui
-                executed = engine.execute(request.workflow, checked.outputs, stop, progress, pipeline.add,
+                executed = engine.execute(workflow, checked.outputs, stop, progress, pipeline.add,
                                           metadata=request.output.metadata,
                                           extra_pnginfo={"workflow": ui} if ui is not None else None)
                 run = executed.run
