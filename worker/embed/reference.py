@@ -43,6 +43,16 @@ def txt2img(ckpt: str, seed: int, steps: int, cfg: float, width: int, height: in
     return np.clip(255.0 * image[0].float().cpu().numpy(), 0, 255).astype(np.uint8)
 
 
+def detected_family(path: Path) -> str:
+    """The model family ComfyUI's own detection reads from a checkpoint file (e.g. "SD15")."""
+    import comfy.model_detection
+    import comfy.utils
+
+    state = comfy.utils.load_torch_file(str(path))
+    config = comfy.model_detection.model_config_from_unet(state, "model.diffusion_model.")
+    return type(config).__name__ if config is not None else "unknown"
+
+
 def attention_function() -> Callable[..., Any]:
     """ComfyUI's PyTorch attention (what it runs with --use-pytorch-cross-attention), @wrap_attn included."""
     from comfy.ldm.modules.attention import attention_pytorch

@@ -82,7 +82,7 @@ def build() -> dict[str, Any]:
 def ensure(folder: Path) -> Path:
     """The checkpoint at folder/NAME, written (atomically) if absent."""
     path = folder / NAME
-    if path.is_file():
+    if path.is_file() and _version_of(path) == _VERSION:
         return path
     from safetensors.torch import save_file
 
@@ -98,6 +98,17 @@ def ensure(folder: Path) -> Path:
         if os.path.exists(temporary):
             os.unlink(temporary)
     return path
+
+
+def _version_of(path: Path) -> str | None:
+    """The definition version a written file was made from (None: unreadable): an older one is rewritten."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return (handle.metadata() or {}).get("worker_tiny_version")
+    except Exception:
+        return None
 
 
 def main(argv: list[str]) -> int:

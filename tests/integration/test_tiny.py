@@ -1,0 +1,33 @@
+"""The built-in checkpoint: ComfyUI's own detection reads it as SD1.5, it is the same file on every
+machine, and a file written from an older definition is replaced."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+from tests.helpers import TINY
+from worker.embed import tiny
+
+
+def test_comfyui_detects_the_built_in_checkpoint_as_sd15(runtime) -> None:
+    from worker.embed.reference import detected_family
+
+    assert detected_family(runtime.settings.builtin_models_dir / "checkpoints" / TINY) == "SD15"
+
+
+def test_it_is_rewritten_when_written_by_another_definition(runtime, tmp_path: Path, monkeypatch) -> None:
+    current = runtime.settings.builtin_models_dir / "checkpoints" / TINY
+    copy = tmp_path / TINY
+    shutil.copy(current, copy)
+    digest = hashlib.sha256(copy.read_bytes()).hexdigest()
+    assert tiny.ensure(tmp_path) == copy and hashlib.sha256(copy.read_bytes()).hexdigest() == digest  # kept
+    monkeypatch.setattr(tiny, "_VERSION", "next")
+    tiny.ensure(tmp_path)
+    assert tiny._version_of(copy) == "next"
+    # Same seed, same architecture: the weights are the same bytes, only the version mark differs.
+    from safetensors.torch import load_file
+
+    old, new = load_file(str(current)), load_file(str(copy))
+    assert old.keys() == new.keys() and all((old[k] == new[k]).all() for k in list(old)[:50])
