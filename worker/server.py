@@ -10,6 +10,7 @@ Routes, each also under /v2/{endpoint_id}/:
   GET /ping                 load-balancer probe: 204 while loading and warming up, 200 when ready
   GET /object_info[/{node}] ComfyUI's node catalogue, as ComfyUI's own server answers it
   GET /models[/{folder}]    model folders, or the file names in one (checkpoints, loras, ...)
+  POST /workflow/api        {"workflow": <UI workflow>} -> {"workflow": <the API graph a job would run>}
 The models load in the background after the server is up, so /ping can say "initializing".
 """
 
@@ -27,7 +28,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from worker import contract
 from worker.config import Settings
+from worker.errors import UserError
 from worker.jobqueue import FINAL, JobService, QueueFull
 from worker.jobs import run_job
 from worker.progress import Throttle
@@ -180,6 +183,29 @@ async def models(request: web.Request) -> web.Response:
     return web.json_response(await asyncio.to_thread(runtime.engine.model_files, folder))
 
 
+async def workflow_api(request: web.Request) -> web.Response:
+    """ComfyUI's saved workflow converted exactly as a job converts it, without running it."""
+    runtime = _ready_runtime(request)
+    if isinstance(runtime, web.Response):
+        return runtime
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
+        return _error(400, "request body is not valid JSON")
+    if not isinstance(body, dict) or "workflow" not in body:
+        return _error(400, "expected {\"workflow\": <ComfyUI's saved workflow>}")
+
+    def convert() -> dict[str, Any]:
+        parsed = contract.parse_request({"workflow": body["workflow"]}, runtime.settings)
+        return runtime.engine.convert_ui(parsed.workflow).prompt if parsed.ui_format else parsed.workflow
+
+    try:
+        graph = await asyncio.to_thread(convert)
+    except UserError as exc:
+        return _error(400, str(exc))
+    return web.json_response({"workflow": graph}, dumps=_dumps)
+
+
 async def _post_json(url: str, body: dict[str, Any]) -> None:
     timeout = aiohttp.ClientTimeout(total=10)
     async with aiohttp.ClientSession(timeout=timeout) as session, session.post(url, json=body) as response:
@@ -203,6 +229,7 @@ def create_app(settings: Settings, starter: Callable[[Settings], Runtime] = star
         ("GET", "/status/{job_id}", status), ("POST", "/status/{job_id}", status),
         ("GET", "/stream/{job_id}", stream), ("POST", "/stream/{job_id}", stream),
         ("POST", "/cancel/{job_id}", cancel), ("GET", "/health", health),
+        ("POST", "/workflow/api", workflow_api),
     ]
     for method, path, handler in routes:
         app.router.add_route(method, path, handler)
