@@ -108,6 +108,14 @@ class JobService:
             self._finish(record, "CANCELLED", {"error": "job cancelled"})
         return record
 
+    def purge_queue(self) -> int:
+        """RunPod's purge-queue: every job still waiting is dropped (CANCELLED); the running one goes on."""
+        waiting = [r for r in self.jobs.values() if r.status == "IN_QUEUE"]
+        for record in waiting:
+            record.stop.cancel()
+            self._finish(record, "CANCELLED", {"error": "job removed from the queue (purge-queue)"})
+        return len(waiting)
+
     def take_stream(self, record: JobRecord) -> list[dict[str, Any]]:
         items = record.stream[record.stream_sent:]
         record.stream_sent += len(items)

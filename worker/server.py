@@ -6,6 +6,7 @@ Routes, each also under /v2/{endpoint_id}/:
   GET|POST /status/{id}     RunPod's status body; IN_PROGRESS carries the latest progress as "output"
   GET|POST /stream/{id}     progress events since the last call
   POST /cancel/{id}         cancel a queued or running job (stops within one sampler step)
+  POST /purge-queue         drop every job still waiting: {"removed": n, "status": "completed"}
   GET /health               RunPod's {"jobs", "workers"} counts plus this worker's state
   GET /ping                 load-balancer probe: 204 while loading and warming up, 200 when ready
   GET /object_info[/{node}] ComfyUI's node catalogue, as ComfyUI's own server answers it
@@ -128,6 +129,28 @@ async def cancel(request: web.Request) -> web.Response:
     return web.json_response({"id": record.id, "status": shown})
 
 
+async def purge_queue(request: web.Request) -> web.Response:
+    removed = request.app[SERVICE].purge_queue()
+    return web.json_response({"removed": removed, "status": "completed"})
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
+    """aiohttp's own 404/405/413/500 bodies are plain text, which the runpod SDK's clients cannot parse."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        message = {404: f"no route {request.method} {request.path}", 405: f"{request.method} is not allowed on "
+                   f"{request.path}", 413: "request body too large (30 MB at most)"}.get(exc.status, exc.reason)
+        return web.json_response({"error": message}, status=exc.status, headers={
+            k: v for k, v in exc.headers.items() if k.lower() == "allow"})
+    except Exception as exc:  # a bug of ours: still a JSON body, the traceback in the log
+        log.exception("%s %s failed", request.method, request.path)
+        return _error(500, f"internal error: {type(exc).__name__}")
+
+
 async def health(request: web.Request) -> web.Response:
     state = request.app[STATE]
     runtime: Runtime | None = state.get("runtime")
@@ -221,14 +244,14 @@ def create_app(settings: Settings, starter: Callable[[Settings], Runtime] = star
         return run_job(state["runtime"], job, stop, Throttle(progress, settings.progress_interval_s))
 
     service = JobService(run_one, settings.max_queue, settings.job_timeout_s, post_webhook=_post_json)
-    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[json_errors])
     app[SERVICE] = service
     app[STATE] = state
     routes = [
         ("POST", "/run", run), ("POST", "/runsync", runsync),
         ("GET", "/status/{job_id}", status), ("POST", "/status/{job_id}", status),
         ("GET", "/stream/{job_id}", stream), ("POST", "/stream/{job_id}", stream),
-        ("POST", "/cancel/{job_id}", cancel), ("GET", "/health", health),
+        ("POST", "/cancel/{job_id}", cancel), ("GET", "/health", health), ("POST", "/purge-queue", purge_queue),
         ("POST", "/workflow/api", workflow_api),
     ]
     for method, path, handler in routes:
