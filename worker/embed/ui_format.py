@@ -83,7 +83,14 @@ class Frame:
         return ":".join([*(str(i) for i, _, _ in self.path), str(node_id)])
 
     def where(self) -> str:
-        return "".join(f" in subgraph node {i} ({_title(n)})" for i, _, n in reversed(self.path))
+        """" in subgraph node 5 ('Sampler')", innermost first; named by the instance's title, else by its
+        subgraph's name."""
+        if not self.path:
+            return ""
+        scopes = [*(outer.scope for _, outer, _ in self.path[1:] if outer is not None), self.scope]
+        parts = [f" in subgraph node {i} ('{n.get('title') or scope.name}')"
+                 for (i, _, n), scope in zip(self.path, scopes, strict=True)]
+        return "".join(reversed(parts))
 
 
 @dataclass(frozen=True)
@@ -232,7 +239,7 @@ def widget_values(definition: Any, saved: Any, dynamic_prompt: Callable[[str], s
         widgets.position = len(widgets.values)  # the values of its result widgets (text, 3D preview)
     if widgets.position != len(widgets.values) or missing:
         raise ValueError(f"widgets_values has {len(widgets.values)} value(s) "
-                         f"({_short(widgets.values)}); its definition expects {widgets.position + len(missing)} "
+                         f"({_short(widgets.values)}); its definition expects {len(widgets.names)} "
                          f"in this order: {', '.join(widgets.names) or 'none'}")
     return found
 
@@ -379,11 +386,13 @@ class _Converter:
         self.meta[api_id] = meta
 
     # --- links ----------------------------------------------------------------------------------------------
-    def resolve_input(self, frame: Frame, slot: Mapping[str, Any], seen: frozenset[str] = frozenset()) -> Resolved:
+    def resolve_input(self, frame: Frame, slot: Mapping[str, Any], seen: frozenset[str] = frozenset(),
+                      want: Any = None) -> Resolved:
+        """What feeds one input; `want`: the type the final target takes (kept through reroutes)."""
         link = frame.scope.links.get(slot.get("link"))  # type: ignore[arg-type]
         if link is None:
             return None  # a dangling link id: nothing connected, as the frontend draws it
-        return self.resolve_link(frame, link, slot.get("type"), seen)
+        return self.resolve_link(frame, link, want if want not in (None, "*", "") else slot.get("type"), seen)
 
     def resolve_link(self, frame: Frame, link: Link, want: Any, seen: frozenset[str]) -> Resolved:
         key = f"{frame.api_id(link.origin_id)}[{link.origin_slot}]"
@@ -455,7 +464,7 @@ class _Converter:
             return ToValue(values[0]) if isinstance(values, list) and values else None
         if kind in UI_ONLY:  # a Reroute passes on what feeds its input
             inputs = node.get("inputs") or []
-            return self.resolve_input(frame, inputs[0], seen) if inputs and isinstance(inputs[0], dict) else None
+            return self.resolve_input(frame, inputs[0], seen, want) if inputs and isinstance(inputs[0], dict) else None
         return ToNode(frame.api_id(node["id"]), slot)  # a muted node's link is dropped at the end
 
     @staticmethod
