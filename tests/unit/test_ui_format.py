@@ -261,3 +261,9 @@ def test_missing_models_by_folder_with_the_workflows_url() -> None:
     assert lines == ["model file checkpoints/sd_xl_base_1.0.safetensors is not in this worker's model folders "
                      "(needed by node 4 (CheckpointLoaderSimple) input 'ckpt_name'); download: "
                      "https://example.com/tiny.safetensors"]
+
+
+def test_a_short_list_takes_the_defaults_of_widgets_newer_than_the_workflow() -> None:
+    g = Graph()  # saved before batch_size existed: the frontend gives it its default
+    g.node(1, "EmptyLatentImage", [640, 384], [], ["LATENT"])
+    assert convert(g.workflow())["1"]["inputs"] == {"width": 640, "height": 384, "batch_size": 1}

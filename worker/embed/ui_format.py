@@ -213,11 +213,11 @@ def widget_values(definition: Any, saved: Any, dynamic_prompt: Callable[[str], s
                 continue
             full = f"{prefix}{name}"
             ok, value = widgets.take(full)
-            if not ok:
-                if "default" not in options and not is_optional:
-                    missing.append(full)
-                elif "default" in options:
+            if not ok:  # a short list: widgets newer than the workflow take their defaults, as in the frontend
+                if "default" in options:
                     found[full] = options["default"]
+                elif not is_optional:
+                    missing.append(full)
                 continue
             if kind == "STRING" and options.get("dynamicPrompts") and isinstance(value, str):
                 value = dynamic_prompt(value)
