@@ -75,8 +75,10 @@ COPY worker/ worker/
 COPY handler.py test_input.json LICENSE ./
 
 # Write the built-in tiny checkpoint now ($WORKER_CACHE_DIR/models/checkpoints/) so the image answers
-# test_input.json with no writes at start-up.
-RUN python -m worker.embed.tiny
+# test_input.json with no writes at start-up, and the index of which of ComfyUI's comfy_extras modules holds
+# which node type ($WORKER_CACHE_DIR/comfyui/): with it a worker imports only the modules its jobs use
+# (NODE_IMPORTS=lazy) from its very first start.
+RUN python -m worker.embed.tiny && python -m worker.embed.node_index
 
 # Model files: bake them as above (or under /opt/worker/models/ in a derived image), or attach a network
 # volume: /runpod-volume/models/<same folders> is searched automatically.

@@ -54,6 +54,26 @@ def txt2img(
     }
 
 
+def custom_sampling(seed: int, steps: int = 4, width: int = 64, height: int = 64) -> dict[str, Any]:
+    """txt2img through nodes the worker's former engine never had: RandomNoise, KSamplerSelect, BasicScheduler,
+    CFGGuider, SamplerCustomAdvanced (euler, normal, cfg 7: the same image as txt2img's KSampler)."""
+    graph = txt2img(width=width, height=height)
+    del graph["3"]
+    graph.update({
+        "20": {"class_type": "RandomNoise", "inputs": {"noise_seed": seed}},
+        "21": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+        "22": {"class_type": "BasicScheduler", "inputs": {"model": ["4", 0], "scheduler": "normal", "steps": steps,
+                                                          "denoise": 1.0}},
+        "23": {"class_type": "CFGGuider", "inputs": {"model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0],
+                                                     "cfg": 7.0}},
+        "24": {"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["20", 0], "guider": ["23", 0],
+                                                                 "sampler": ["21", 0], "sigmas": ["22", 0],
+                                                                 "latent_image": ["5", 0]}},
+    })
+    graph["8"]["inputs"]["samples"] = ["24", 0]
+    return graph
+
+
 def img2img(image_name: str = "input.png", denoise: float = 0.6, **kwargs: Any) -> dict[str, Any]:
     """txt2img with the empty latent replaced by LoadImage -> VAEEncode."""
     graph = copy.deepcopy(txt2img(**kwargs))

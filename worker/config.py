@@ -261,6 +261,103 @@ def _url_inputs(env: Mapping[str, str]) -> UrlInputSettings:
     )
 
 
+# Where model downloads may come from when MODEL_DOWNLOAD_HOSTS is unset: Hugging Face and its CDN (LFS and
+# Xet storage), Civitai and the storage its downloads redirect to. "*." matches any sub-domain.
+DEFAULT_MODEL_HOSTS = ("huggingface.co", "*.huggingface.co", "hf.co", "*.hf.co", "civitai.com", "*.civitai.com",
+                       "civitai-delivery-worker-prod.5ac0637cfd0766c97916cefa3764fbdf.r2.cloudflarestorage.com")
+
+
+@dataclass(frozen=True)
+class HostRule:
+    """One allowed download host: a name (or "*.suffix", or an IP address), with a port or any port of the
+    scheme's default. `trusted`: written by the operator, so its addresses are not checked (an internal
+    mirror, or 127.0.0.1 in a test); the default list's names must resolve to public addresses only."""
+
+    host: str
+    port: int | None = None
+    trusted: bool = False
+
+    def matches(self, host: str, port: int, default_port: int) -> bool:
+        host = host.lower().strip("[]")
+        if self.port is None and port != default_port:
+            return False
+        if self.port is not None and port != self.port:
+            return False
+        if self.host.startswith("*."):
+            return host.endswith(self.host[1:]) and host != self.host[2:]
+        return host == self.host
+
+
+@dataclass(frozen=True)
+class ModelDownloadSettings:
+    """Model files fetched by URL into a cache folder (worker/downloads/)."""
+
+    mode: str = "request"  # off | request (input.models) | on (also a UI workflow's properties.models)
+    cache_dir: Path = REPO_ROOT / ".cache" / "models"
+    cache_max_bytes: int | None = 200 * 10**9  # None: no budget
+    max_bytes: int = 50 * 10**9  # one file
+    hosts: tuple[HostRule, ...] = tuple(HostRule(h) for h in DEFAULT_MODEL_HOSTS)
+    allow_http: bool = False
+    lock_stale_s: float = 120.0  # a lock not refreshed for this long belongs to a dead worker
+    hf_token: str | None = field(default=None, repr=False)
+    civitai_token: str | None = field(default=None, repr=False)
+
+
+def _size(env: Mapping[str, str], name: str, default: int | None) -> int | None:
+    """Bytes: '200GB', '50GiB', '1048576'; 'off' -> None (no limit)."""
+    raw = (_lookup(env, name) or "").lower().replace(" ", "")
+    if not raw:
+        return default
+    if raw in ("off", "none", "0"):
+        return None
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([a-z]*)", raw)
+    if match is None or match[2] not in _SIZE_UNITS:
+        raise ConfigError(f"{name}={raw!r}; expected a size like 200GB / 50GiB / 1048576, or off")
+    return int(float(match[1]) * _SIZE_UNITS[match[2]])
+
+
+def _host_rules(raw: str | None) -> tuple[HostRule, ...]:
+    if raw is None:
+        return tuple(HostRule(h) for h in DEFAULT_MODEL_HOSTS)
+    rules: list[HostRule] = []
+    for entry in (e.strip().lower() for e in raw.split(",")):
+        if not entry:
+            continue
+        if entry == "default":  # the default list, checked as without the variable
+            rules += [HostRule(h) for h in DEFAULT_MODEL_HOSTS]
+            continue
+        parts = urlsplit(f"//{entry}")
+        try:
+            port = parts.port
+        except ValueError:
+            raise ConfigError(f"MODEL_DOWNLOAD_HOSTS: {entry!r} has an invalid port") from None
+        host = parts.hostname
+        if not host or parts.path or parts.username is not None:
+            raise ConfigError(f"MODEL_DOWNLOAD_HOSTS: {entry!r} is not host or host:port")
+        rules.append(HostRule(host, port, trusted=True))
+    return tuple(rules)
+
+
+def _model_downloads(env: Mapping[str, str], cache_dir: Path) -> ModelDownloadSettings:
+    raw_dir = _lookup(env, "MODEL_CACHE_DIR")
+    if raw_dir:
+        folder = Path(raw_dir).expanduser()
+    else:  # the network volume's models folder (worker-comfyui's layout), shared by the endpoint's workers
+        folder = VOLUME / "ComfyUI" / "models" if VOLUME.is_dir() else cache_dir / "models"
+    max_bytes = _size(env, "MODEL_DOWNLOAD_MAX_BYTES", 50 * 10**9)
+    return ModelDownloadSettings(
+        mode=_choice(env, "MODEL_DOWNLOADS", "request", ("off", "request", "on")),
+        cache_dir=folder,
+        cache_max_bytes=_size(env, "MODEL_CACHE_MAX_BYTES", 200 * 10**9),
+        max_bytes=max_bytes if max_bytes is not None else 2**62,
+        hosts=_host_rules(_lookup(env, "MODEL_DOWNLOAD_HOSTS")),
+        allow_http=_bool(env, "MODEL_DOWNLOAD_ALLOW_HTTP", False),
+        lock_stale_s=float(_int(env, "MODEL_DOWNLOAD_LOCK_STALE_S", 120, minimum=10)),
+        hf_token=_lookup(env, "HF_TOKEN"),
+        civitai_token=_lookup(env, "CIVITAI_TOKEN"),
+    )
+
+
 @dataclass(frozen=True)
 class Settings:
     # Model roots, searched in order; each holds ComfyUI's folders (checkpoints/, loras/, vae/, ...).
@@ -301,9 +398,15 @@ class Settings:
     warmup_sizes: tuple[tuple[int, int], ...] = ()
     # Read the preloaded checkpoints' files into the page cache while Python imports (worker/prefetch.py).
     prefetch_models: bool = True
+    # How ComfyUI's denoiser call runs (worker/embed/capture.py): "cuda_graph" (replayed from graphs checked
+    # against eager, when the model is fully resident on a GPU; eager on a CPU), "off", "compile"
+    # (torch.compile reduce-overhead), whose artifacts are kept in compile_cache_dir (worker/compile_cache.py).
+    denoiser_capture: str = "cuda_graph"
+    compile_cache_dir: Path = REPO_ROOT / ".cache" / "torch-compile"
     # Object storage for outputs and http(s) input images.
     storage: StorageSettings = field(default_factory=StorageSettings)
     url_inputs: UrlInputSettings = field(default_factory=UrlInputSettings)
+    models: ModelDownloadSettings = field(default_factory=ModelDownloadSettings)
     # Attention kernels (worker/attention/): auto|fa3|fa2|sdpa|sdpa-cudnn|..., timing at start-up, and where
     # the image baked the kernel builds (loaded from there only, never downloaded at run time).
     attention_backend: str = "auto"
@@ -325,6 +428,9 @@ class Settings:
     cache_ram_headroom_gb: float = 4.0
     deterministic: bool = False
     work_dir: Path = Path(tempfile.gettempdir()) / "worker-comfyui"
+    # "lazy": ComfyUI's comfy_extras node modules imported on a job's first use (an index kept in the cache);
+    # "all": every one at start-up, as ComfyUI does.
+    node_imports: str = "lazy"
     # The built-in tiny SD1.5 checkpoint (worker/embed/tiny.py), written into <cache>/models/checkpoints.
     builtin_checkpoint: bool = True
     # Characters one text input may hold (a 1 MB prompt holds the text encoder for a minute).
@@ -342,6 +448,8 @@ class Settings:
         roots = _paths(env, "MODELS_DIRS")
         cache_dir = Path(_lookup(env, "WORKER_CACHE_DIR") or (REPO_ROOT / ".cache")).expanduser()
         roots += [REPO_ROOT / "models", Path("/runpod-volume/models"), Path("/workspace/models"), cache_dir / "models"]
+        models = _model_downloads(env, cache_dir)
+        roots.append(models.cache_dir)  # downloads land here: one of ComfyUI's model roots from boot on
         # Keep order, drop duplicates.
         unique: list[Path] = []
         for root in roots:
@@ -380,8 +488,13 @@ class Settings:
             progress_interval_s=_int(env, "PROGRESS_INTERVAL_MS", 1000, minimum=0) / 1000,
             warmup_sizes=_sizes(env, "WARMUP_SIZES"),
             prefetch_models=_bool(env, "PREFETCH_MODELS", True),
+            denoiser_capture=_choice(env, "DENOISER_CAPTURE", "cuda_graph", ("cuda_graph", "off", "compile")),
+            compile_cache_dir=Path(_lookup(env, "COMPILE_CACHE_DIR") or (
+                VOLUME / ".cache" / "torch-compile" if VOLUME.is_dir() else cache_dir / "torch-compile"
+            )).expanduser(),
             storage=_storage(env),
             url_inputs=_url_inputs(env),
+            models=models,
             attention_backend=_choice(env, "ATTENTION_BACKEND", "auto", ATTENTION_CHOICES),
             attention_autotune=_bool(env, "ATTENTION_AUTOTUNE", False),
             attention_kernels_dir=Path(_lookup(env, "ATTENTION_KERNELS_DIR") or cache_dir / "kernels").expanduser(),
@@ -396,6 +509,7 @@ class Settings:
             deterministic=_bool(env, "DETERMINISTIC", False),
             work_dir=Path(_lookup(env, "WORKER_WORK_DIR") or Path(tempfile.gettempdir()) / "worker-comfyui"),
             builtin_checkpoint=_bool(env, "BUILTIN_CHECKPOINT", True),
+            node_imports=_choice(env, "NODE_IMPORTS", "lazy", ("lazy", "all")),
             max_frames=_int(env, "MAX_FRAMES", 1024, minimum=1),
             max_text_chars=_int(env, "MAX_TEXT_CHARS", 50_000, minimum=1),
             custom_nodes_dirs=tuple(dict.fromkeys([

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from worker.config import Settings
+from worker.downloads.spec import ModelSpec, parse_models
 from worker.errors import UserError
 from worker.fetch import fetch_image_bytes, is_url
 from worker.imaging import probe_image
@@ -28,7 +29,7 @@ from worker.names import relative_name_problem
 _DATA_URI = re.compile(r"^data:[\w.+-]+/[\w.+-]+(?:;[\w.+-]+=[^;,]*)*;base64,", re.IGNORECASE)
 # Keys the client may send that the worker accepts without using (worker-comfyui compatibility).
 IGNORED_KEYS = frozenset({"comfy_org_api_key", "api_key_comfy_org", "api_key_override"})
-KNOWN_KEYS = frozenset({"workflow", "images", "output", "workflow_ui"}) | IGNORED_KEYS
+KNOWN_KEYS = frozenset({"workflow", "images", "output", "workflow_ui", "models"}) | IGNORED_KEYS
 OUTPUT_FORMATS = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg", "webp": "webp"}
 _UPLOAD_MODES = {True: "always", False: "never", "auto": "auto"}
 # URL inputs download in parallel, a few at a time.
@@ -54,6 +55,7 @@ class Request:
     output: OutputOptions = field(default_factory=OutputOptions)
     # `workflow` is ComfyUI's saved (UI) form ('nodes' and 'links'): jobs.py converts it with the engine's nodes.
     ui_format: bool = False
+    models: tuple[ModelSpec, ...] = ()  # input.models: files fetched into the model cache when missing
 
 
 def parse_request(job_input: Any, settings: Settings) -> Request:
@@ -71,10 +73,14 @@ def parse_request(job_input: Any, settings: Settings) -> Request:
         raise UserError("'input' is empty; expected {\"workflow\": {...}, \"images\"?: [...]}")
     workflow = _workflow(job_input.get("workflow"))
     output = _output(job_input.get("output"), job_input.get("workflow_ui"), settings)
+    models = parse_models(job_input.get("models"))
+    if models and settings.models.mode == "off":
+        raise UserError("'input.models' names model files, but model downloads are off on this worker "
+                        "(MODEL_DOWNLOADS)")
     images = _images(job_input.get("images"), settings)
     unknown = tuple(sorted(k for k in job_input if k not in KNOWN_KEYS))
     return Request(workflow=workflow, images=images, unknown_keys=unknown, output=output,
-                   ui_format="nodes" in workflow and "links" in workflow)
+                   ui_format="nodes" in workflow and "links" in workflow, models=models)
 
 
 def _output(raw: Any, workflow_ui: Any, settings: Settings) -> OutputOptions:

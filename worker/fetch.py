@@ -160,9 +160,10 @@ def _addresses(target: _Target, policy: UrlInputSettings, resolve: Resolver) -> 
     return addresses
 
 
-def _open(target: _Target, address: str, deadline: float) -> tuple[urllib3.HTTPConnectionPool, _Response]:
+def _open(target: _Target, address: str, deadline: float, headers: dict[str, str] | None = None,
+          read_timeout: float | None = None) -> tuple[urllib3.HTTPConnectionPool, _Response]:
     remaining = max(deadline - time.monotonic(), 0.001)
-    timeout = urllib3.Timeout(connect=remaining, read=remaining)
+    timeout = urllib3.Timeout(connect=remaining, read=min(remaining, read_timeout or remaining))
     pool: urllib3.HTTPConnectionPool
     if target.scheme == "https":
         # Connect to the checked address; SNI and the certificate check use the URL's host name.
@@ -182,7 +183,7 @@ def _open(target: _Target, address: str, deadline: float) -> tuple[urllib3.HTTPC
         response = pool.urlopen(
             "GET",
             target.request_path,
-            headers={**_HEADERS, "Host": target.host_header},
+            headers={**(_HEADERS if headers is None else headers), "Host": target.host_header},
             redirect=False,
             retries=False,
             preload_content=False,
@@ -217,22 +218,27 @@ def _read(response: _Response, max_bytes: int, deadline: float, shown: str) -> b
         chunks.append(chunk)
 
 
+def connect(target: _Target, policy: UrlInputSettings, deadline: float, resolve: Resolver,
+            headers: dict[str, str] | None = None, read_timeout: float | None = None,
+            ) -> tuple[urllib3.HTTPConnectionPool, _Response]:
+    """One hop: the host's addresses checked under `policy`, then a GET to the first that answers."""
+    last_error: BaseException | None = None
+    for address in _addresses(target, policy, resolve):
+        try:
+            return _open(target, address, deadline, headers, read_timeout)
+        except (NewConnectionError, ConnectTimeoutError) as exc:
+            last_error = exc  # try the host's next address
+        except (HTTPError, OSError) as exc:
+            raise _failure(target, exc, policy) from None
+    raise _failure(target, last_error or OSError("no address"), policy)
+
+
 def fetch_url(url: str, policy: UrlInputSettings, max_bytes: int, resolve: Resolver = system_resolve) -> bytes:
     """GET `url` (at most `max_bytes`), following redirects here so that each hop's addresses are checked."""
     deadline = time.monotonic() + policy.timeout_s
     for _hop in range(policy.max_redirects + 1):
         target = _Target.parse(url)
-        last_error: BaseException | None = None
-        for address in _addresses(target, policy, resolve):
-            try:
-                pool, response = _open(target, address, deadline)
-                break
-            except (NewConnectionError, ConnectTimeoutError) as exc:
-                last_error = exc  # try the host's next address
-            except (HTTPError, OSError) as exc:
-                raise _failure(target, exc, policy) from None
-        else:
-            raise _failure(target, last_error or OSError("no address"), policy)
+        pool, response = connect(target, policy, deadline, resolve)
         try:
             if response.status in _REDIRECTS:
                 location = response.headers.get("Location")

@@ -8,7 +8,8 @@ import logging
 import time
 from typing import Any
 
-from worker import contract
+from worker import contract, downloads
+from worker.embed.models import ComfyFolders, ui_specs
 from worker.errors import JobCancelled, JobStopped, JobTimedOut, UserError
 from worker.outputs import OutputPipeline
 from worker.runtime import Runtime, limits_for
@@ -67,6 +68,10 @@ def run_job(
         if request.ui_format:  # as ComfyUI saves it: converted the way its frontend queues it
             converted = engine.convert_ui(request.workflow)
             workflow, meta, ui = converted.prompt, converted.meta, ui or request.workflow
+        wanted = list(request.models)
+        if meta is not None and runtime.settings.models.mode == "on":
+            named = {(s.directory, s.name) for s in wanted}
+            wanted += [s for s in ui_specs(workflow, meta, engine.model_inputs()) if (s.directory, s.name) not in named]
         timer.lap("parse")
         nodes = len(workflow)
         engine.limits_check(workflow, limits_for(runtime.settings))
@@ -74,6 +79,10 @@ def run_job(
             timer.lap("queue")
             stop.check()
             with engine.job_files(job_id, request.images):
+                # Missing model files fetched first, so that ComfyUI's validation finds them.
+                fetched = downloads.ensure(wanted, ComfyFolders(), runtime.settings.models, stop, progress)
+                if wanted:
+                    timer.lap("models")
                 checked = engine.validate(workflow, limits_for(runtime.settings), meta)
                 for warning in checked.warnings:
                     log.info("job %s: %s", job_id, warning)
@@ -114,6 +123,8 @@ def run_job(
         }
         if warnings:
             metadata["warnings"] = warnings
+        if fetched:
+            metadata["models"] = fetched
         result = contract.success(delivery.items, delivery.errors, metadata, delivery.files)
         if len(json.dumps(result)) > runtime.settings.max_result_bytes:
             result.pop("metadata")  # optional: never the reason a result goes over the payload limit

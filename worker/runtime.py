@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from worker.config import ConfigError, Settings
+from worker.downloads import ModelCache
 from worker.embed.bootstrap import EmbedOptions
 from worker.embed.engine import Engine
 from worker.errors import UserError
@@ -22,6 +23,7 @@ from worker.stop import StopSignal
 
 if TYPE_CHECKING:
     from worker.attention.manager import AttentionManager
+    from worker.embed.capture import DenoiserCapture
     from worker.prefetch import Prefetch
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,7 @@ class Runtime:
     # One job at a time on the device: jobs share resident models and GPU memory.
     job_lock: threading.Lock = field(default_factory=threading.Lock)
     attention: AttentionManager | None = None
+    capture: DenoiserCapture | None = None  # DENOISER_CAPTURE's wrapper and its graphs
     preloaded: list[str] = field(default_factory=list)
     warmup: dict[str, Any] = field(default_factory=dict)
 
@@ -75,9 +78,11 @@ class Runtime:
             "preloaded_checkpoints": self.preloaded,
             "resident_models": self.engine.resident(),
             "storage": self.settings.storage.describe(),
+            "model_cache": ModelCache(self.settings.models).health(),
             "boot_seconds": {k: round(v, 3) for k, v in self.boot_seconds.items()},
             "warmup": self.warmup,
             "attention": self.attention.health() if self.attention is not None else None,
+            "denoiser_capture": self.capture.health() if self.capture is not None else None,
             "custom_nodes": self.engine.booted.custom_nodes.health(),
         }
 
@@ -94,6 +99,8 @@ def embed_options(settings: Settings, device: str) -> EmbedOptions:
         deterministic=settings.deterministic,
         reserve_vram_gb=reserve_vram_gb(settings.model_memory_budget, device),
         work_dir=settings.work_dir,
+        lazy_nodes=settings.node_imports == "lazy",
+        node_index_dir=settings.cache_dir / "comfyui",
     )
 
 
@@ -171,11 +178,15 @@ def start(settings: Settings | None = None, prefetch: Prefetch | None = None) ->
             max_head_dim=spec.max_head_dim if spec else None,
             head_dim_multiple=spec.head_dim_multiple if spec else 1))
     seconds["attention"] = time.perf_counter() - mark
+    from worker.embed import capture
+
+    runtime.capture = capture.setup(settings.denoiser_capture, device, engine, settings.compile_cache_dir)
     names = preload_names(settings, sorted(set(checkpoint_files(settings)) | set(engine.model_files("checkpoints"))))
     runtime.preloaded = names
     mark = time.perf_counter()
     if settings.warmup:
         _warm_up(runtime, names)
+        capture.after_warmup(runtime.capture, device, settings.compile_cache_dir)
     elif names:  # ComfyUI runs only graphs with an output node: the warm-up is what preloads a checkpoint
         log.info("WARMUP=off: %s load on first use", ", ".join(names))
     seconds["load_and_warmup"] = time.perf_counter() - mark

@@ -182,6 +182,8 @@ async def node_info(request: web.Request) -> web.Response:
     if isinstance(runtime, web.Response):
         return runtime
     wanted = request.match_info.get("class_type")
+    if wanted is not None:
+        await asyncio.to_thread(runtime.engine.ensure_nodes, [wanted])
     if wanted is not None and wanted not in runtime.engine.node_types:
         return _error(404, f"unknown node type {wanted!r}")
     info = await asyncio.to_thread(runtime.engine.object_info, wanted)

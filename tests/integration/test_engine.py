@@ -13,7 +13,7 @@ import av
 import numpy as np
 import pytest
 
-from tests.helpers import TINY, b64, decode_result_image, job, png_bytes, txt2img, with_settings
+from tests.helpers import TINY, b64, custom_sampling, decode_result_image, job, png_bytes, txt2img, with_settings
 from worker.jobs import run_job
 from worker.stop import StopSignal
 
@@ -37,24 +37,6 @@ def test_pixels_equal_comfyuis_own_nodes(runtime) -> None:
     assert ours.shape == reference.shape == (48, 64, 3)
     assert np.array_equal(ours, reference)
     assert reference.std() > 1  # an image, not a constant
-
-
-def custom_sampling(seed: int, steps: int = 4) -> dict:
-    graph = txt2img()
-    del graph["3"]
-    graph.update({
-        "20": {"class_type": "RandomNoise", "inputs": {"noise_seed": seed}},
-        "21": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
-        "22": {"class_type": "BasicScheduler", "inputs": {"model": ["4", 0], "scheduler": "normal", "steps": steps,
-                                                          "denoise": 1.0}},
-        "23": {"class_type": "CFGGuider", "inputs": {"model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0],
-                                                     "cfg": 7.0}},
-        "24": {"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["20", 0], "guider": ["23", 0],
-                                                                 "sampler": ["21", 0], "sigmas": ["22", 0],
-                                                                 "latent_image": ["5", 0]}},
-    })
-    graph["8"]["inputs"]["samples"] = ["24", 0]
-    return graph
 
 
 def test_custom_sampling_nodes_match_ksampler(runtime) -> None:

@@ -9,10 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import TINY, txt2img
+from tests.helpers import TINY, custom_sampling, txt2img
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -33,9 +34,10 @@ def run_handler(cwd: Path, env: dict[str, str], *args: str) -> subprocess.Comple
     )
 
 
-def test_inline_test_input_success_exits_0_and_writes_the_png_to_output(tmp_path: Path,
-                                                                         base_env: dict[str, str]) -> None:
-    job = {"input": {"workflow": txt2img(width=32, height=40)}}
+def test_inline_test_input_success_exits_0_and_writes_the_png_to_output(tmp_path: Path, base_env: dict[str, str],
+                                                                         runtime) -> None:
+    # Nodes the worker's former engine never had; the pixels must be ComfyUI's own for the same inputs.
+    job = {"input": {"workflow": custom_sampling(seed=7001, width=32, height=40)}}
     proc = run_handler(tmp_path, base_env, "--test_input", json.dumps(job))
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
@@ -43,6 +45,11 @@ def test_inline_test_input_success_exits_0_and_writes_the_png_to_output(tmp_path
     image = Image.open(tmp_path / "output" / "ComfyUI_00001_.png")
     assert image.format == "PNG" and image.size == (32, 40)
     assert json.loads(image.text["prompt"]) == job["input"]["workflow"]  # ComfyUI's PNG metadata
+    from worker.embed import reference
+
+    with runtime.job_lock:
+        expected = reference.txt2img(TINY, 7001, 4, 7.0, 32, 40, "a red cube", "blurry")
+    assert np.array_equal(np.asarray(image.convert("RGB")), expected)
     assert "saved to output/" in output  # the printed result says where the image went ...
     assert "iVBORw0KGgo" not in output  # ... instead of printing it as base64
 

@@ -118,7 +118,9 @@ def test_annotated_image_name_from_comfyui_is_accepted(runtime) -> None:
 def test_unknown_checkpoint_lists_available(runtime) -> None:
     result = run_job(runtime, job(txt2img(ckpt="sdxl.safetensors")))
     assert "node 4 (CheckpointLoaderSimple)" in result["error"]
-    assert f"'{TINY}'" in result["error"] and "ckpt_name" in result["error"]
+    assert result["error"] == (
+        "invalid workflow: model file checkpoints/sdxl.safetensors is not in this worker's model folders (needed by "
+        f"node 4 (CheckpointLoaderSimple) input 'ckpt_name'); checkpoints/ holds '{TINY}'")
 
 
 def test_result_over_the_payload_limit_fails_with_size_limit_and_fix(runtime) -> None:

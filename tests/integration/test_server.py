@@ -15,9 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import numpy as np
 import pytest
 
-from tests.helpers import TINY, decode_result_image, txt2img
+from tests.helpers import TINY, custom_sampling, decode_result_image, txt2img
 from worker.embed import install
 from worker.server import serve
 
@@ -130,6 +131,16 @@ def test_runsync_returns_the_result(server: ServerThread) -> None:
     status, body = server.call("POST", "/runsync", job_body())
     assert status == 200 and body["status"] == "COMPLETED"
     assert body["output"]["images"][0]["filename"] == "ComfyUI_00001_.png"
+
+
+def test_runsync_custom_sampling_gives_comfyuis_own_pixels(server: ServerThread, runtime) -> None:
+    from worker.embed import reference
+
+    status, body = server.call("POST", "/runsync", {"input": {"workflow": custom_sampling(seed=7002)}})
+    assert status == 200 and body["status"] == "COMPLETED", body
+    with runtime.job_lock:
+        expected = reference.txt2img(TINY, 7002, 4, 7.0, 64, 64, "a red cube", "blurry")
+    assert np.array_equal(np.asarray(decode_result_image(body["output"]["images"][0]).convert("RGB")), expected)
 
 
 def test_runsync_short_wait_answers_in_queue_then_status_completes(server: ServerThread) -> None:

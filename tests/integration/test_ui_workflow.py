@@ -46,8 +46,8 @@ def test_ui_workflow_missing_model_and_node_are_said_up_front(runtime) -> None:
     ui = txt2img_ui(seed=SEED + 1, ckpt="flux1-dev-fp8.safetensors")
     result = run_job(runtime, job(ui))
     assert "model file checkpoints/flux1-dev-fp8.safetensors is not in this worker's model folders (needed by " \
-           "node 4 (CheckpointLoaderSimple) input 'ckpt_name'); download: https://example.com/tiny.safetensors" \
-           in result["error"]
+           "node 4 (CheckpointLoaderSimple) input 'ckpt_name'); checkpoints/ holds 'tiny-sd15.safetensors'; " \
+           "download: https://example.com/tiny.safetensors" in result["error"]
     broken = copy.deepcopy(ui)
     broken["definitions"]["subgraphs"][0]["nodes"][1].update(
         type="VAEDecodeTiledKJ", properties={"cnr_id": "comfyui-kjnodes", "ver": "1.1.2"})

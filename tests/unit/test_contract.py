@@ -118,13 +118,12 @@ def test_workflow_empty(workflow: Any) -> None:
     assert "'input.workflow' is empty" in message
 
 
-def test_ui_format_workflow_is_rejected_with_a_hint() -> None:
+def test_ui_format_workflow_is_accepted_and_marked_for_conversion() -> None:
     ui = {"last_node_id": 9, "nodes": [{"id": 3, "type": "KSampler"}], "links": [[1, 4, 0, 3, 0, "MODEL"]]}
     for workflow in (ui, json.dumps(ui)):
-        message = str(rejected({"workflow": workflow}))
-        assert "'input.workflow'" in message
-        assert "UI format" in message
-        assert "API" in message
+        request = parse_request({"workflow": workflow}, SETTINGS)
+        assert request.ui_format and request.workflow == ui
+    assert not parse_request({"workflow": {"1": {"class_type": "KSampler", "inputs": {}}}}, SETTINGS).ui_format
 
 
 # -- images ---------------------------------------------------------------------------------------------

@@ -259,8 +259,11 @@ def test_missing_models_by_folder_with_the_workflows_url() -> None:
     lines = missing_models(converted.prompt, {("CheckpointLoaderSimple", "ckpt_name"): "checkpoints"},
                            lambda folder: ["tiny-sd15.safetensors"], meta)
     assert lines == ["model file checkpoints/sd_xl_base_1.0.safetensors is not in this worker's model folders "
-                     "(needed by node 4 (CheckpointLoaderSimple) input 'ckpt_name'); download: "
-                     "https://example.com/tiny.safetensors"]
+                     "(needed by node 4 (CheckpointLoaderSimple) input 'ckpt_name'); checkpoints/ holds "
+                     "'tiny-sd15.safetensors'; download: https://example.com/tiny.safetensors"]
+    empty = missing_models(converted.prompt, {("CheckpointLoaderSimple", "ckpt_name"): "checkpoints"},
+                           lambda folder: [], meta)
+    assert "; checkpoints/ is empty; download:" in empty[0]
 
 
 def test_a_short_list_takes_the_defaults_of_widgets_newer_than_the_workflow() -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,11 +105,15 @@ def install(model: Any, override: AttentionOverride) -> bool:
     return True
 
 
-def wrap_loaders(nodes: Any, override: AttentionOverride, report: dict[str, str]) -> list[str]:
-    """Subclass every built-in loader that returns a MODEL so its output carries the override; `report`
-    gets model class -> backend. Returns the node types wrapped."""
+def wrap_loaders(nodes: Any, override: AttentionOverride, report: dict[str, str],
+                 only: Iterable[str] | None = None) -> list[str]:
+    """Subclass every built-in loader (of `only`, when given) that returns a MODEL so its output carries the
+    override; `report` gets model class -> backend. Returns the node types wrapped."""
     wrapped = []
+    names = set(only) if only is not None else None
     for name, base in list(nodes.NODE_CLASS_MAPPINGS.items()):
+        if names is not None and name not in names:
+            continue
         returns = tuple(getattr(base, "RETURN_TYPES", ()) or ())
         function = getattr(base, "FUNCTION", None)
         if "MODEL" not in returns or not function or "Loader" not in name or not isinstance(base, type):

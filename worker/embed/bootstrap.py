@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from worker.embed import install, server_stub, torchvision_shim
+from worker.embed import install, node_index, server_stub, torchvision_shim
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,10 @@ class EmbedOptions:
     deterministic: bool = False
     reserve_vram_gb: float | None = None  # what ComfyUI leaves free on the GPU (MODEL_MEMORY_BUDGET)
     work_dir: Path = Path("/tmp/worker-comfyui")  # output/input/temp/user folders of the process
+    # comfy_extras modules imported on a job's first use of their node types (worker/embed/node_index.py);
+    # their index is kept in node_index_dir (None: import them all at start-up, no index).
+    lazy_nodes: bool = True
+    node_index_dir: Path | None = None
 
 
 @dataclass
@@ -58,6 +62,8 @@ class Booted:
     node_count: int
     seconds: dict[str, float]
     torchvision_shimmed: tuple[str, ...]
+    lazy: node_index.LazyModules | None = None  # built-in modules not imported yet (None: all imported)
+    node_index_path: Path | None = None
 
 
 def _set_args(options: EmbedOptions) -> None:
@@ -127,7 +133,7 @@ def _custom_node_dirs(options: EmbedOptions) -> list[Path]:
     return [d.resolve() for d in dict.fromkeys(candidates) if d.is_dir()]
 
 
-class _ImportReasons(logging.Filter):
+class ImportReasons(logging.Filter):
     """While ComfyUI imports its node modules: its tracebacks of modules that fail (e.g. audio nodes without
     torchaudio) and its generic advice are kept out of the log; the reason per module is kept for /health
     and one warning line each."""
@@ -149,7 +155,7 @@ class _ImportReasons(logging.Filter):
     def get(self, name: str, default: str) -> str:
         return self.reasons.get(name, default)
 
-    def __enter__(self) -> _ImportReasons:
+    def __enter__(self) -> ImportReasons:
         for handler in logging.getLogger().handlers:
             handler.addFilter(self)
         return self
@@ -168,14 +174,13 @@ class _Capture(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-async def _load_custom_nodes(dirs: list[Path]) -> CustomNodeReport:
+async def _load_custom_nodes(dirs: list[Path], builtin: set[str]) -> CustomNodeReport:
     """Each module of each folder through ComfyUI's own loader (V1 NODE_CLASS_MAPPINGS or V3
     comfy_entrypoint); what failed is kept with the reason ComfyUI logged. Built-in names are never
     overridden."""
     import nodes
 
     report = CustomNodeReport(dirs=[str(d) for d in dirs])
-    builtin = set(nodes.NODE_CLASS_MAPPINGS)
     for folder in dirs:
         for entry in sorted(folder.iterdir()):
             if entry.name.startswith((".", "__")) or entry.name.endswith(".disabled"):
@@ -244,9 +249,20 @@ def boot(options: EmbedOptions) -> Booted:
 
     seconds["nodes_import"] = time.perf_counter() - started - seconds["comfy_import"]
     mark = time.perf_counter()
-    with _ImportReasons() as reasons:
-        failed = asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False)) or []
-    builtin_failed = {name: reasons.get(name, "did not import") for name in failed}
+    asyncio.run(nodes.init_public_apis())  # what init_extra_nodes does first: the V3 API versions
+    extras_dir = comfy_dir / "comfy_extras"
+    files = node_index.extras_files(nodes)
+    key = node_index.index_key(installed.commit)
+    index_path = options.node_index_dir / f"node-index-{key}.json" if options.node_index_dir else None
+    index = node_index.NodeIndex.read(index_path, key, files) if options.lazy_nodes and index_path else None
+    lazy = None
+    if index is None:  # import them all, as ComfyUI does, and remember which module holds which node type
+        index = node_index.build(nodes, extras_dir, key)
+        if options.lazy_nodes and index_path is not None:
+            index.write(index_path)
+    else:
+        lazy = node_index.LazyModules(nodes, extras_dir, index, node_index.load_module)
+    builtin_failed = dict(index.failed)
     for name, why in builtin_failed.items():
         log.warning("ComfyUI's %s did not import: %s (its nodes are unavailable)", name, why)
     seconds["builtin_nodes"] = time.perf_counter() - mark
@@ -257,15 +273,20 @@ def boot(options: EmbedOptions) -> Booted:
     import hook_breaker_ac10a0
 
     hook_breaker_ac10a0.save_functions()  # what custom nodes must not replace; restored after each prompt
-    report = asyncio.run(_load_custom_nodes(dirs)) if dirs else CustomNodeReport()
+    # Built-in names win over custom ones, also those of modules not imported yet.
+    builtin_names = set(nodes.NODE_CLASS_MAPPINGS) | (lazy.names() if lazy is not None else set())
+    report = asyncio.run(_load_custom_nodes(dirs, builtin_names)) if dirs else CustomNodeReport()
     hook_breaker_ac10a0.restore_functions()
     seconds["custom_nodes"] = time.perf_counter() - mark
 
     from worker.embed import save
 
     save.register(nodes)
-    log.info("ComfyUI %s (commit %s) from %s: %d node types, %d built-in modules failed, custom nodes: %d "
-             "loaded, %d failed", installed.version, (installed.commit or "unknown")[:12], comfy_dir,
-             len(nodes.NODE_CLASS_MAPPINGS), len(builtin_failed), len(report.loaded), len(report.failed))
+    count = len(nodes.NODE_CLASS_MAPPINGS) + (len(lazy.names()) if lazy is not None else 0)
+    log.info("ComfyUI %s (commit %s) from %s: %d node types (%s), %d built-in modules failed, custom nodes: %d "
+             "loaded, %d failed", installed.version, (installed.commit or "unknown")[:12], comfy_dir, count,
+             f"{len(lazy.names())} imported on first use" if lazy is not None else "all imported",
+             len(builtin_failed), len(report.loaded), len(report.failed))
     return Booted(installed=installed, pin=pin, custom_nodes=report, builtin_failed=builtin_failed,
-                  node_count=len(nodes.NODE_CLASS_MAPPINGS), seconds=seconds, torchvision_shimmed=shimmed)
+                  node_count=count, seconds=seconds, torchvision_shimmed=shimmed, lazy=lazy,
+                  node_index_path=index_path)

@@ -8,13 +8,13 @@ import logging
 import mimetypes
 import shutil
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-from worker.embed import bootstrap, save, tiny, ui_format
+from worker.embed import bootstrap, node_index, save, tiny, ui_format
 from worker.embed.attention import AttentionOverride, wrap_loaders
 from worker.embed.needs import NodeMeta, missing_models
 from worker.embed.runner import Runner, RunResult
@@ -102,6 +102,9 @@ class Engine:
         self.attention_models: dict[str, str] = {}  # model class -> backend installed into it
         self.attention_loaders: list[str] = []
         self._model_inputs: dict[tuple[str, str], str] | None = None
+        self._unscanned: set[str] = set()  # node types imported since model_inputs() last looked
+        # Called with the node types a lazily imported module added (e.g. to wrap new loaders).
+        self.on_nodes_added: list[Callable[[list[str]], None]] = []
 
     def install_attention(self, override: AttentionOverride) -> None:
         """Every model the built-in loaders make from now on runs `override` (before the first prompt)."""
@@ -109,6 +112,31 @@ class Engine:
 
         self.attention = override
         self.attention_loaders = wrap_loaders(nodes, override, self.attention_models)
+        self.on_nodes_added.append(lambda names: self.attention_loaders.extend(
+            wrap_loaders(nodes, override, self.attention_models, only=names)))
+
+    def ensure_nodes(self, class_types: Iterable[str]) -> None:
+        """Import the built-in modules that define these node types, if not done yet (worker/embed/node_index.py)."""
+        lazy = self.booted.lazy
+        if lazy is None:
+            return
+        added = lazy.ensure(class_types)
+        if added:
+            self._unscanned.update(added)
+            for hook in self.on_nodes_added:
+                hook(added)
+
+    def builtin_modules(self) -> list[str]:
+        """ComfyUI's comfy_extras modules, as its init_builtin_extra_nodes lists them."""
+        import nodes
+
+        return node_index.extras_files(nodes)
+
+    def all_nodes(self) -> Mapping[str, Any]:
+        """Every node type, the lazily imported modules imported now (/object_info lists everything)."""
+        if self.booted.lazy is not None and self.booted.lazy.pending:
+            self.ensure_nodes(list(self.booted.lazy.pending))
+        return self.node_types
 
     @classmethod
     def start(cls, options: bootstrap.EmbedOptions, builtin_dir: Path | None = None,
@@ -147,20 +175,29 @@ class Engine:
         """(class_type, input) -> the model folder whose file names the input takes, for every node type:
         each node's INPUT_TYPES() is read once while folder_paths.get_filename_list answers a marker per
         folder, so custom nodes' loaders are found as well as ComfyUI's own."""
-        if self._model_inputs is None:
-            import folder_paths
+        import folder_paths
 
-            self._model_inputs = folder_inputs(self.node_types, folder_paths)
+        if self._model_inputs is None:
+            self._model_inputs, self._unscanned = folder_inputs(self.node_types, folder_paths), set()
+        elif self._unscanned:
+            fresh = {name: self.node_types[name] for name in self._unscanned if name in self.node_types}
+            self._unscanned = set()
+            self._model_inputs.update(folder_inputs(fresh, folder_paths))
         return self._model_inputs
 
     def convert_ui(self, workflow: dict[str, Any]) -> ui_format.Converted:
         """A saved UI workflow as the API graph ComfyUI's frontend would queue (UserError when it cannot)."""
+        self.ensure_nodes(_ui_node_types(workflow))
         return ui_format.to_api(workflow, self.node_types)
 
     def object_info(self, class_type: str | None = None) -> dict[str, Any]:
         """What ComfyUI's GET /object_info answers, built by ComfyUI's own function where it has one."""
         import nodes
 
+        if class_type is None:
+            self.all_nodes()
+        else:
+            self.ensure_nodes([class_type])
         names = [class_type] if class_type is not None else list(nodes.NODE_CLASS_MAPPINGS)
         info: dict[str, Any] = {}
         for name in names:
@@ -190,6 +227,7 @@ class Engine:
 
     # --- one job -------------------------------------------------------------------------------------
     def limits_check(self, prompt: dict[str, Any], limits: Limits) -> None:
+        self.ensure_nodes(str(node.get("class_type")) for node in prompt.values() if isinstance(node, dict))
         problems = shape_problems(prompt, self.node_types, limits)
         if not problems:
             problems = limit_problems(prompt, limits)
@@ -208,7 +246,9 @@ class Engine:
         missing = missing_models(prompt, self.model_inputs(), self.model_files, meta, refused) if refused else []
         if missing:
             node_errors = _without_missing_files(node_errors, prompt, self.model_inputs())
-        problems = [*missing, *comfy_problems(prompt, error, node_errors, self.node_types)]
+        rest = node_errors if not missing else {k: v for k, v in node_errors.items() if v.get("errors")}
+        # With files named missing, ComfyUI's summary line ("Prompt outputs failed validation") says nothing more.
+        problems = [*missing, *(comfy_problems(prompt, error, rest, self.node_types) if rest or not missing else [])]
         if not ok or problems:
             raise UserError.many("invalid workflow", problems or ["ComfyUI refused the workflow"])
         return Checked(outputs=[str(o) for o in outputs], warnings=unused_inputs(prompt, self.node_types))
@@ -261,12 +301,27 @@ class Engine:
         installed, pin = self.booted.installed, self.booted.pin
         return {
             **installed.describe(pin),
-            "node_types": len(self.node_types),
+            "node_types": self.booted.node_count,
+            "node_modules_not_yet_imported": (len(set(self.booted.lazy.pending.values()))
+                                              if self.booted.lazy is not None else 0),
             "builtin_modules_failed": self.booted.builtin_failed,
             "torchvision_shim": list(self.booted.torchvision_shimmed),
             "attention_override": None if self.attention is None else {
                 **self.attention.health(), "models": self.attention_models, "loaders": self.attention_loaders},
         }
+
+
+def _ui_node_types(workflow: Any) -> set[str]:
+    """Every node type a UI workflow names, subgraph definitions included."""
+    found: set[str] = set()
+    graphs = [workflow] if isinstance(workflow, dict) else []
+    while graphs:
+        graph = graphs.pop()
+        found.update(str(n.get("type")) for n in graph.get("nodes", []) if isinstance(n, dict))
+        definitions = graph.get("definitions")
+        if isinstance(definitions, dict):
+            graphs.extend(g for g in definitions.get("subgraphs", []) if isinstance(g, dict))
+    return found
 
 
 def folder_inputs(node_types: Mapping[str, Any], folder_paths: Any) -> dict[tuple[str, str], str]:

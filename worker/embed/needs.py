@@ -123,6 +123,10 @@ def missing_models(prompt: Mapping[str, Any], model_inputs: Mapping[tuple[str, s
     for (folder, value), users in sorted(needed.items()):
         source = sources.get(value) or sources.get(value.replace("\\", "/").rsplit("/", 1)[-1])
         fetch = f"; download: {source.url}" if source is not None and source.url else ""
+        present = sorted(held.get(folder, ()))
+        listed = ", ".join(repr(name) for name in present[:8]) + (f", ... ({len(present)} in all)"
+                                                                   if len(present) > 8 else "")
+        holds = f"; {folder}/ holds {listed}" if present else f"; {folder}/ is empty"
         lines.append(f"model file {folder}/{value} is not in this worker's model folders (needed by "
-                     f"{', '.join(users)}){fetch}")
+                     f"{', '.join(users)}){holds}{fetch}")
     return lines
