@@ -87,7 +87,8 @@ def flatten(args: tuple[Any, ...], kwargs: dict[str, Any], known: Iterable[Any] 
         if isinstance(value, dict):
             if not all(isinstance(k, str) for k in value):
                 raise Unsupported(f"{path} has keys that are not strings")
-            key.append((path, "dict", tuple(sorted(value))))
+            names = sorted(k for k in value if not (options and (k in _WRITTEN_BY_MODEL or k in _NOT_KEYED)))
+            key.append((path, "dict", tuple(names)))
             return {k: transformer_option(k, v, f"{path}.{k}") if options else walk(v, f"{path}.{k}")
                     for k, v in value.items()}
         raise Unsupported(f"{path} is a {type(value).__name__}")
