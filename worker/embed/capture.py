@@ -218,7 +218,10 @@ class DenoiserCapture:
             return executor(*args, **kwargs)
         state = getattr(model, "current_weight_patches_uuid", None)
         x = tensors[0] if tensors else None
-        label = (f"x={list(x.shape) if x is not None else None} {str(x.dtype).removeprefix('torch.')}"
+        options = args[5] if len(args) > 5 else kwargs.get("transformer_options")
+        sigmas = options.get("sample_sigmas") if isinstance(options, dict) else None
+        steps = f" steps={sigmas.shape[0] - 1}" if isinstance(sigmas, torch.Tensor) and sigmas.ndim == 1 else ""
+        label = (f"x={list(x.shape) if x is not None else None} {str(x.dtype).removeprefix('torch.')}{steps}"
                  f" weights={str(state)[:8] if state is not None else 'unpatched'}")
 
         def eager(*inputs: torch.Tensor) -> Any:
