@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from worker.attention.functions import TOLERANCE, AttnFn
+from worker.embed import loaders
 
 log = logging.getLogger(__name__)
 
@@ -107,33 +108,10 @@ def install(model: Any, override: AttentionOverride) -> bool:
 
 def wrap_loaders(nodes: Any, override: AttentionOverride, report: dict[str, str],
                  only: Iterable[str] | None = None) -> list[str]:
-    """Subclass every built-in loader (of `only`, when given) that returns a MODEL so its output carries the
-    override; `report` gets model class -> backend. Returns the node types wrapped."""
-    wrapped = []
-    names = set(only) if only is not None else None
-    for name, base in list(nodes.NODE_CLASS_MAPPINGS.items()):
-        if names is not None and name not in names:
-            continue
-        returns = tuple(getattr(base, "RETURN_TYPES", ()) or ())
-        function = getattr(base, "FUNCTION", None)
-        if "MODEL" not in returns or not function or "Loader" not in name or not isinstance(base, type):
-            continue
-        module = getattr(base, "RELATIVE_PYTHON_MODULE", "nodes")
-        if not (module == "nodes" or module.startswith("comfy_extras.")) or hasattr(base, "define_schema"):
-            continue  # custom and V3 loaders keep their own behaviour
-        wrapped.append(name)
-        nodes.NODE_CLASS_MAPPINGS[name] = _subclass(base, function, returns.index("MODEL"), override, report)
-    return wrapped
+    """Every model the built-in loaders (of `only`, when given) make carries the override; `report` gets
+    model class -> backend. Returns the node types wrapped (worker/embed/loaders.py)."""
+    def install_and_report(patcher: Any) -> None:
+        if install(patcher, override):
+            report[type(getattr(patcher, "model", None)).__name__] = override.backend
 
-
-def _subclass(base: type, function: str, index: int, override: AttentionOverride, report: dict[str, str]) -> type:
-    def load(self: Any, *args: Any, **kwargs: Any) -> Any:
-        result = getattr(super(cls, self), function)(*args, **kwargs)
-        outputs = result.get("result") if isinstance(result, dict) else result
-        if isinstance(outputs, tuple | list) and len(outputs) > index and install(outputs[index], override):
-            model = getattr(outputs[index], "model", None)
-            report[type(model).__name__] = override.backend
-        return result
-
-    cls = type(base.__name__, (base,), {function: load, "__module__": base.__module__})
-    return cls
+    return loaders.wrap_loaders(nodes, install_and_report, only)

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from worker.capture import MAX_GRAPHS, Capture, GraphCache
+from worker.embed.loaders import wrap_loaders
 
 log = logging.getLogger(__name__)
 
@@ -245,39 +246,6 @@ class DenoiserCapture:
         return {"mode": self.mode, "calls": self.calls, "loaders": self.loaders,
                 "eager": dict(self.eager),
                 "models": [{"model": name, **cache.describe()} for name, cache in list(self.models.values())]}
-
-
-def wrap_loaders(nodes: Any, on_model: Callable[[Any], Any], only: Iterable[str] | None = None) -> list[str]:
-    """Subclass every built-in loader (of `only`, when given) that returns a MODEL so `on_model` sees each
-    ModelPatcher it makes (as worker/embed/attention.py does for the attention override). Returns the node
-    types wrapped; custom and V3 loaders keep their own behaviour."""
-    names = set(only) if only is not None else None
-    wrapped = []
-    for name, base in list(nodes.NODE_CLASS_MAPPINGS.items()):
-        if names is not None and name not in names:
-            continue
-        returns = tuple(getattr(base, "RETURN_TYPES", ()) or ())
-        function = getattr(base, "FUNCTION", None)
-        if "MODEL" not in returns or not function or "Loader" not in name or not isinstance(base, type):
-            continue
-        module = getattr(base, "RELATIVE_PYTHON_MODULE", "nodes")
-        if not (module == "nodes" or module.startswith("comfy_extras.")) or hasattr(base, "define_schema"):
-            continue
-        wrapped.append(name)
-        nodes.NODE_CLASS_MAPPINGS[name] = _subclass(base, function, returns.index("MODEL"), on_model)
-    return wrapped
-
-
-def _subclass(base: type, function: str, index: int, on_model: Callable[[Any], Any]) -> type:
-    def load(self: Any, *args: Any, **kwargs: Any) -> Any:
-        result = getattr(super(cls, self), function)(*args, **kwargs)
-        outputs = result.get("result") if isinstance(result, dict) else result
-        if isinstance(outputs, tuple | list) and len(outputs) > index and outputs[index] is not None:
-            on_model(outputs[index])
-        return result
-
-    cls = type(base.__name__, (base,), {function: load, "__module__": base.__module__})
-    return cls
 
 
 def install_into_loaders(capture: DenoiserCapture, engine: Any) -> None:
