@@ -60,10 +60,10 @@ RUN if [ -n "$ATTENTION_KERNELS" ]; then \
 # --build-arg MODELS="checkpoints/x.safetensors=hf://owner/repo/x.safetensors ..." (leave it empty for
 # network-volume setups). A gated repo's token comes from a BuildKit secret
 # (docker build --secret id=hf_token,src=token.txt), mounted only for this step: never in a layer. The step
-# needs only worker/bake_models.py (huggingface_hub and the standard library), so the baked files survive
-# changes to the rest of the worker.
+# needs only worker/bake_models.py and worker/names.py (huggingface_hub and the standard library), so the
+# baked files survive changes to the rest of the worker.
 ARG MODELS=
-COPY worker/bake_models.py worker/
+COPY worker/bake_models.py worker/names.py worker/
 RUN --mount=type=secret,id=hf_token \
     if [ -n "$MODELS" ]; then \
         HF_HUB_OFFLINE=0 python -m worker.bake_models /opt/worker/models --models "$MODELS" \

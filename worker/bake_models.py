@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from worker.names import relative_name_problem
 
 # ComfyUI v0.8.0's model folders (folder_paths.py), including the legacy names it also searches.
 FOLDERS = frozenset({
@@ -32,7 +33,6 @@ FOLDERS = frozenset({
     "gligen", "upscale_models", "latent_upscale_models", "hypernetworks", "photomaker", "classifiers",
     "model_patches", "audio_encoders",
 })
-_DRIVE = re.compile(r"^[A-Za-z]:")
 
 
 @dataclass(frozen=True)
@@ -43,22 +43,7 @@ class ModelEntry:
 
 def name_problem(name: str) -> str | None:
     """Why `name` is not a safe relative path inside the models root, or None when it is."""
-    if not name.strip():
-        return "the target is empty"
-    if len(name) > 255:
-        return "the target is longer than 255 characters"
-    if any(ord(ch) < 32 for ch in name):
-        return "the target contains control characters"
-    if "\\" in name:
-        return "the target contains a backslash; use '/' between folders"
-    if name.startswith(("/", "~")) or _DRIVE.match(name):
-        return "absolute paths are not allowed; give <folder>/<file name>"
-    parts = name.split("/")
-    if any(part in ("..", ".") for part in parts):
-        return "'..' and '.' path parts are not allowed"
-    if any(part == "" for part in parts):
-        return "the target has an empty path part"
-    return None
+    return relative_name_problem(name)
 
 
 def parse_entry(text: str) -> ModelEntry:

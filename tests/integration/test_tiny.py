@@ -25,7 +25,7 @@ def test_it_is_rewritten_when_written_by_another_definition(runtime, tmp_path: P
     assert tiny.ensure(tmp_path) == copy and hashlib.sha256(copy.read_bytes()).hexdigest() == digest  # kept
     monkeypatch.setattr(tiny, "_VERSION", "next")
     tiny.ensure(tmp_path)
-    assert tiny._version_of(copy) == "next"
+    assert tiny.metadata_of(copy)["worker_tiny_version"] == "next"
     # Same seed, same architecture: the weights are the same bytes, only the version mark differs.
     from safetensors.torch import load_file
 

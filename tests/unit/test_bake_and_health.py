@@ -139,7 +139,8 @@ def test_runtime_health_reports_the_embedded_comfyui(runtime) -> None:
     comfyui = health["comfyui"]
     assert comfyui["version"] == "0.8.0" and comfyui["matches_pin"] is True
     assert comfyui["commit"] == comfyui["pinned_commit"] and len(comfyui["commit"]) == 40
-    assert comfyui["node_types"] == len(runtime.engine.node_types) > 100  # ComfyUI's built-in nodes and ours
+    # ComfyUI's built-in nodes and ours, counted also where their module is imported on first use only.
+    assert comfyui["node_types"] >= len(runtime.engine.node_types) and comfyui["node_types"] > 300
     assert isinstance(comfyui["builtin_modules_failed"], dict)
     assert health["preloaded_checkpoints"] == [TINY]
     assert health["warmup"] and all(entry["error"] is None for entry in health["warmup"].values())

@@ -119,17 +119,29 @@ def test_base_image_and_local_torch_fit_the_kernels_and_the_code() -> None:
 
 
 def test_model_baking_needs_only_huggingface_hub_and_the_standard_library() -> None:
-    # The Dockerfile runs worker/bake_models.py before the rest of the worker is copied.
+    # The Dockerfile runs worker/bake_models.py before the rest of the worker is copied: what it imports of
+    # the worker must be copied with it, and must itself need nothing but the standard library.
     assert any("python -m worker.bake_models" in run for run in dockerfile_runs())
-    tree = ast.parse((REPO / "worker" / "bake_models.py").read_text())
-    imported = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            assert node.level == 0, "no relative imports"
-            imported.add(node.module.split(".")[0])
-    assert imported - set(sys.stdlib_module_names) - {"__future__"} == {"huggingface_hub"}
+    [copy] = [rest for keyword, rest in dockerfile_instructions() if keyword == "COPY" and "bake_models" in rest]
+
+    def imports(path: Path) -> set[str]:
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                assert node.level == 0, "no relative imports"
+                found.add(node.module)
+        return found
+
+    imported = imports(REPO / "worker" / "bake_models.py")
+    ours = {name for name in imported if name.startswith("worker.")}
+    assert {name.split(".")[0] for name in imported - ours} - set(sys.stdlib_module_names) - {"__future__"} == {
+        "huggingface_hub"}
+    for module in ours:
+        path = f"{module.replace('.', '/')}.py"
+        assert path in copy.split(), f"{path} is imported by worker/bake_models.py but not copied with it"
+        assert {n.split(".")[0] for n in imports(REPO / path)} <= set(sys.stdlib_module_names) | {"__future__"}
 
 
 def test_every_environment_variable_is_documented_and_every_documented_one_is_read() -> None:

@@ -15,9 +15,7 @@ tiny.py's fill) so activations stay finite in fp16 and a capture's check against
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -77,28 +75,12 @@ def build(model: str) -> dict[str, Any]:
 
 def ensure(model: str, folder: Path) -> Path:
     """folder/bench-<model>.safetensors, written (atomically) once."""
-    from safetensors import safe_open
-    from safetensors.torch import save_file
+    from worker.embed.tiny import metadata_of, write_checkpoint
 
     path = folder / file_name(model)
-    if path.is_file():
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                if (handle.metadata() or {}).get("worker_bench_version") == _VERSION:
-                    return path
-        except Exception:
-            pass
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = build(model)
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".bench-", suffix=".tmp")
-    os.close(handle)
-    try:
-        save_file(tensors, temporary, metadata={"worker_bench_version": _VERSION, "model": model,
-                                                "note": "random weights; draws noise"})
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+    if not path.is_file() or metadata_of(path).get("worker_bench_version") != _VERSION:
+        write_checkpoint(path, build(model), {"worker_bench_version": _VERSION, "model": model,
+                                              "note": "random weights; draws noise"})
     return path
 
 

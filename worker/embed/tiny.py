@@ -80,35 +80,38 @@ def build() -> dict[str, Any]:
 
 
 def ensure(folder: Path) -> Path:
-    """The checkpoint at folder/NAME, written (atomically) if absent."""
+    """The checkpoint at folder/NAME, written (atomically) if absent or from an older definition."""
     path = folder / NAME
-    if path.is_file() and _version_of(path) == _VERSION:
-        return path
+    if not path.is_file() or metadata_of(path).get("worker_tiny_version") != _VERSION:
+        write_checkpoint(path, build(), {"worker_tiny_version": _VERSION, "seed": str(_SEED),
+                                         "note": "random weights; draws noise"})
+    return path
+
+
+def write_checkpoint(path: Path, tensors: dict[str, Any], metadata: dict[str, str]) -> None:
+    """A safetensors file written under a temporary name and renamed: never a half-written checkpoint."""
     from safetensors.torch import save_file
 
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = build()
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tiny-", suffix=".tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
     os.close(handle)
     try:
-        save_file(tensors, temporary, metadata={"worker_tiny_version": _VERSION, "seed": str(_SEED),
-                                                "note": "random weights; draws noise"})
+        save_file(tensors, temporary, metadata=metadata)
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
-    return path
 
 
-def _version_of(path: Path) -> str | None:
-    """The definition version a written file was made from (None: unreadable): an older one is rewritten."""
+def metadata_of(path: Path) -> dict[str, str]:
+    """A safetensors file's metadata ({} when unreadable): which definition wrote a built-in file."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as handle:
-            return (handle.metadata() or {}).get("worker_tiny_version")
+            return dict(handle.metadata() or {})
     except Exception:
-        return None
+        return {}
 
 
 def main(argv: list[str]) -> int:
