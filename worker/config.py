@@ -431,6 +431,8 @@ class Settings:
     # "lazy": ComfyUI's comfy_extras node modules imported on a job's first use (an index kept in the cache);
     # "all": every one at start-up, as ComfyUI does.
     node_imports: str = "lazy"
+    # ComfyUI's API nodes (paid cloud models through Comfy.org; a job's comfy_org_api_key pays for them).
+    api_nodes: bool = False
     # The built-in tiny SD1.5 checkpoint (worker/embed/tiny.py), written into <cache>/models/checkpoints.
     builtin_checkpoint: bool = True
     # Characters one text input may hold (a 1 MB prompt holds the text encoder for a minute).
@@ -510,6 +512,7 @@ class Settings:
             work_dir=Path(_lookup(env, "WORKER_WORK_DIR") or Path(tempfile.gettempdir()) / "worker-comfyui"),
             builtin_checkpoint=_bool(env, "BUILTIN_CHECKPOINT", True),
             node_imports=_choice(env, "NODE_IMPORTS", "lazy", ("lazy", "all")),
+            api_nodes=_bool(env, "API_NODES", False),
             max_frames=_int(env, "MAX_FRAMES", 1024, minimum=1),
             max_text_chars=_int(env, "MAX_TEXT_CHARS", 50_000, minimum=1),
             custom_nodes_dirs=tuple(dict.fromkeys([

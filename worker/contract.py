@@ -28,8 +28,10 @@ from worker.names import relative_name_problem
 # data:<type>[;param=value...];base64, (RFC 2397 allows parameters before ;base64)
 _DATA_URI = re.compile(r"^data:[\w.+-]+/[\w.+-]+(?:;[\w.+-]+=[^;,]*)*;base64,", re.IGNORECASE)
 # Keys the client may send that the worker accepts without using (worker-comfyui compatibility).
-IGNORED_KEYS = frozenset({"comfy_org_api_key", "api_key_comfy_org", "api_key_override"})
-KNOWN_KEYS = frozenset({"workflow", "images", "output", "workflow_ui", "models"}) | IGNORED_KEYS
+IGNORED_KEYS = frozenset({"api_key_override"})
+# worker-comfyui's name for a Comfy.org API key, and ComfyUI's own: handed to ComfyUI's API nodes.
+API_KEY_FIELDS = ("comfy_org_api_key", "api_key_comfy_org")
+KNOWN_KEYS = frozenset({"workflow", "images", "output", "workflow_ui", "models", *API_KEY_FIELDS}) | IGNORED_KEYS
 OUTPUT_FORMATS = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg", "webp": "webp"}
 _UPLOAD_MODES = {True: "always", False: "never", "auto": "auto"}
 # URL inputs download in parallel, a few at a time.
@@ -56,6 +58,7 @@ class Request:
     # `workflow` is ComfyUI's saved (UI) form ('nodes' and 'links'): jobs.py converts it with the engine's nodes.
     ui_format: bool = False
     models: tuple[ModelSpec, ...] = ()  # input.models: files fetched into the model cache when missing
+    comfy_org_api_key: str | None = field(default=None, repr=False)  # never in logs or reprs
 
 
 def parse_request(job_input: Any, settings: Settings) -> Request:
@@ -79,8 +82,10 @@ def parse_request(job_input: Any, settings: Settings) -> Request:
                         "(MODEL_DOWNLOADS)")
     images = _images(job_input.get("images"), settings)
     unknown = tuple(sorted(k for k in job_input if k not in KNOWN_KEYS))
+    keys = [job_input[f] for f in API_KEY_FIELDS if isinstance(job_input.get(f), str) and job_input[f].strip()]
     return Request(workflow=workflow, images=images, unknown_keys=unknown, output=output,
-                   ui_format="nodes" in workflow and "links" in workflow, models=models)
+                   ui_format="nodes" in workflow and "links" in workflow, models=models,
+                   comfy_org_api_key=keys[0].strip() if keys else None)
 
 
 def _output(raw: Any, workflow_ui: Any, settings: Settings) -> OutputOptions:

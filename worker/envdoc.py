@@ -158,6 +158,8 @@ ENV_VARS: tuple[EnvVar, ...] = (
            'a download lock not refreshed for this long (its worker died) is broken; holders refresh it every 5 s'),
     EnvVar(('HF_TOKEN', 'CIVITAI_TOKEN'), '–',
            'tokens for gated or private files, sent as `Authorization: Bearer` only to `huggingface.co`/`hf.co` and `civitai.com` over https (not to their CDNs, not along redirects elsewhere); never logged'),
+    EnvVar(('API_NODES',), '`off`',
+           "`on`: also load ComfyUI's API nodes (paid models run by Comfy.org's servers); a job's `comfy_org_api_key` (or `api_key_comfy_org`) is handed to them as ComfyUI's `API_KEY_COMFY_ORG`"),
     EnvVar(('RUNPOD_WEBHOOK_GET_JOB',), 'set by RunPod',
            'present on real workers; without it `python handler.py` runs the runpod SDK\'s local test'),
 )

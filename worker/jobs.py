@@ -91,7 +91,8 @@ def run_job(
                 pipeline = OutputPipeline(runtime.settings, request.output, job_id)
                 executed = engine.execute(workflow, checked.outputs, stop, progress, pipeline.add,
                                           metadata=request.output.metadata,
-                                          extra_pnginfo={"workflow": ui} if ui is not None else None)
+                                          extra_pnginfo={"workflow": ui} if ui is not None else None,
+                                          api_key=request.comfy_org_api_key)
                 run = executed.run
                 if run.interrupted or (run.failure is not None and stop.stopped):
                     _raise_stopped(stop)

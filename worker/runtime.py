@@ -100,6 +100,7 @@ def embed_options(settings: Settings, device: str) -> EmbedOptions:
         reserve_vram_gb=reserve_vram_gb(settings.model_memory_budget, device),
         work_dir=settings.work_dir,
         lazy_nodes=settings.node_imports == "lazy",
+        api_nodes=settings.api_nodes,
         node_index_dir=settings.cache_dir / "comfyui",
     )
 

@@ -96,7 +96,7 @@ def test_animated_webp_and_a_still_in_one_job(runtime) -> None:
 
 def test_custom_nodes_v1_and_v3_load_and_a_broken_one_is_listed(runtime) -> None:
     health = runtime.health()["custom_nodes"]
-    assert health["loaded"]["worker_test_v1.py"] == ["FailingNode", "ImageBrightness"]  # not VAEDecode
+    assert health["loaded"]["worker_test_v1.py"] == ["ApiKeyProbe", "FailingNode", "ImageBrightness"]  # no VAEDecode
     assert health["loaded"]["worker_test_v3"] == ["WorkerTestInvert"]
     assert "a_module_that_does_not_exist" in health["failed"]["worker_test_broken"]
     workflow = txt2img(seed=6)
@@ -209,3 +209,17 @@ def test_model_files_added_after_start_are_found(runtime, models_dir) -> None:
 def test_limits_follow_the_settings(runtime) -> None:
     strict = with_settings(runtime, max_batch=2)
     assert "MAX_BATCH_SIZE" in run_job(strict, job(txt2img(batch_size=3)))["error"]
+
+
+def test_the_comfy_org_api_key_reaches_comfyuis_api_key_input_and_nowhere_else(runtime, caplog) -> None:
+    workflow = txt2img(seed=8801)
+    workflow["13"] = {"class_type": "ApiKeyProbe", "inputs": {"image": ["8", 0], "expected": "comfyui-secret-1"}}
+    workflow["9"]["inputs"]["images"] = ["13", 0]
+    with caplog.at_level("DEBUG"):
+        given = run_job(runtime, job(workflow, comfy_org_api_key="comfyui-secret-1"))
+    workflow["3"]["inputs"]["seed"] = 8802  # ComfyUI's cache key leaves hidden inputs out: a graph of its own
+    missing = run_job(runtime, job(workflow))
+    assert np.all(pixels(given["images"][0]) == 255) and np.all(pixels(missing["images"][0]) == 0)
+    assert "comfyui-secret-1" not in caplog.text and "comfyui-secret-1" not in str(given["metadata"])
+    assert "comfyui-secret-1" not in decode_result_image(given["images"][0]).text["prompt"].replace(
+        '"expected": "comfyui-secret-1"', "")

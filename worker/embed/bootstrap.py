@@ -40,6 +40,7 @@ class EmbedOptions:
     # comfy_extras modules imported on a job's first use of their node types (worker/embed/node_index.py);
     # their index is kept in node_index_dir (None: import them all at start-up, no index).
     lazy_nodes: bool = True
+    api_nodes: bool = False  # ComfyUI's paid API nodes (comfy_api_nodes/): they call Comfy.org with the job's key
     node_index_dir: Path | None = None
 
 
@@ -87,7 +88,7 @@ def _set_args(options: EmbedOptions) -> None:
     if options.reserve_vram_gb is not None:
         args.reserve_vram = options.reserve_vram_gb
     args.disable_all_custom_nodes = not options.custom_nodes
-    args.disable_api_nodes = True
+    args.disable_api_nodes = not options.api_nodes
     args.dont_print_server = True
     for name in ("output", "input", "temp", "user"):
         (options.work_dir / name).mkdir(parents=True, exist_ok=True)
@@ -263,6 +264,10 @@ def boot(options: EmbedOptions) -> Booted:
     else:
         lazy = node_index.LazyModules(nodes, extras_dir, index, node_index.load_module)
     builtin_failed = dict(index.failed)
+    if options.api_nodes:
+        with ImportReasons() as reasons:
+            failed_api = asyncio.run(nodes.init_builtin_api_nodes()) or []
+        builtin_failed.update({name: reasons.get(name, "did not import") for name in failed_api})
     for name, why in builtin_failed.items():
         log.warning("ComfyUI's %s did not import: %s (its nodes are unavailable)", name, why)
     seconds["builtin_nodes"] = time.perf_counter() - mark

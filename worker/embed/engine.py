@@ -277,7 +277,8 @@ class Engine:
                 _empty(Path(getattr(folder_paths, f"get_{name}_directory")()))
 
     def execute(self, prompt: dict[str, Any], outputs: list[str], stop: StopSignal, progress: ProgressFn | None,
-                on_save: Any, metadata: bool = True, extra_pnginfo: dict[str, Any] | None = None) -> Executed:
+                on_save: Any, metadata: bool = True, extra_pnginfo: dict[str, Any] | None = None,
+                api_key: str | None = None) -> Executed:
         """Run a validated prompt; our SaveImage hands images to `on_save` as they are made. The graph is
         copied: ComfyUI writes into the prompt it runs."""
         import folder_paths
@@ -290,7 +291,9 @@ class Engine:
 
         save.set_sink(save.ImageSink(on_save=saved, metadata=metadata))
         try:
-            extra = {"extra_pnginfo": extra_pnginfo} if extra_pnginfo else {}
+            extra: dict[str, Any] = {"extra_pnginfo": extra_pnginfo} if extra_pnginfo else {}
+            if api_key:  # where ComfyUI's API nodes read a Comfy.org key (its hidden API_KEY_COMFY_ORG input)
+                extra["api_key_comfy_org"] = api_key
             run = self.runner.execute(copy.deepcopy(prompt), outputs, stop, progress, extra)
         finally:
             save.set_sink(None)
