@@ -158,7 +158,7 @@ def start(settings: Settings | None = None, prefetch: Prefetch | None = None) ->
     import torch
 
     device = pick_device(settings.device, torch.cuda.is_available())
-    seconds: dict[str, float] = {"import_torch": time.perf_counter() - started}
+    seconds: dict[str, float] = {}
     engine = Engine.start(embed_options(settings, device),
                           builtin_dir=settings.builtin_models_dir if settings.builtin_checkpoint else None,
                           ram_headroom_gb=settings.cache_ram_headroom_gb)
