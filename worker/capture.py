@@ -25,7 +25,6 @@ import torch
 
 log = logging.getLogger(__name__)
 
-MODES = ("cuda_graph", "off", "compile")
 Replay = Callable[..., torch.Tensor]
 Capture = Callable[[Callable[..., torch.Tensor], list[torch.Tensor]], Replay]
 # Largest allowed |replay - eager| relative to max |eager|. The replay runs the same kernels on the same
@@ -39,10 +38,6 @@ CAPTURE_ON_CALL = 2
 
 class CaptureMismatch(RuntimeError):
     """A captured graph's replay differs from eager beyond TOLERANCE."""
-
-
-def _signature(*tensors: torch.Tensor | None) -> tuple[Any, ...]:
-    return tuple(None if t is None else (tuple(t.shape), t.dtype, t.device) for t in tensors)
 
 
 def check_replay(replayed: torch.Tensor, eager: torch.Tensor) -> None:
@@ -171,60 +166,3 @@ class GraphCache:
     def describe(self) -> dict[str, Any]:
         return {"graphs": [{"inputs": g.label, "replays": g.replays} for g in self.graphs.values()],
                 "captures": self.captures, "eager_after_failure": sorted(self.failed.values())}
-
-
-class UNetRunner:
-    """Calls `unet(sample, timestep, encoder_hidden_states, added_cond_kwargs=...)` (a diffusers-style call)
-    and returns its first output, in the configured mode, keyed by the inputs' signature."""
-
-    def __init__(
-        self,
-        unet: Any,
-        mode: str = "off",
-        capture: Capture | None = None,
-        eligible: Callable[[torch.Tensor], bool] = lambda sample: sample.device.type == "cuda",
-        max_graphs: int = MAX_GRAPHS,
-    ):
-        if mode not in MODES:
-            raise ValueError(f"unknown capture mode {mode!r}; expected one of {', '.join(MODES)}")
-        self.unet = unet
-        self.mode = mode
-        self.eligible = eligible
-        self.cache = GraphCache(capture, max_graphs)
-        self._compiled: Callable[..., Any] | None = None
-
-    @property
-    def replays(self) -> OrderedDict[Hashable, Graph]:
-        return self.cache.graphs
-
-    @property
-    def failed(self) -> dict[Hashable, str]:
-        return self.cache.failed
-
-    def describe(self) -> dict[str, Any]:
-        """Mode, the input shapes replayed from graphs, and those that run eagerly after a failed capture."""
-        shapes = [[list(s[0]) if s else None for s in key] for key in self.cache.graphs]  # type: ignore[union-attr]
-        failed = [[list(s[0]) if s else None for s in key] for key in self.cache.failed]  # type: ignore[union-attr]
-        return {"mode": self.mode, "graphs": len(shapes), "graph_inputs": shapes, "eager_after_failure": failed}
-
-    def _eager(self, sample, timestep, context, text_embeds=None, time_ids=None) -> torch.Tensor:
-        added = None if text_embeds is None else {"text_embeds": text_embeds, "time_ids": time_ids}
-        return self.unet(sample, timestep, encoder_hidden_states=context, added_cond_kwargs=added,
-                         return_dict=False)[0]
-
-    def __call__(
-        self,
-        sample: torch.Tensor,
-        timestep: torch.Tensor,
-        context: torch.Tensor,
-        added: dict[str, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
-        inputs = [sample, timestep, context, *((added["text_embeds"], added["time_ids"]) if added else ())]
-        if self.mode == "off" or not self.eligible(sample):
-            return self._eager(*inputs)
-        if self.mode == "compile":
-            if self._compiled is None:
-                self._compiled = torch.compile(self._eager, mode="reduce-overhead", dynamic=False)
-            return self._compiled(*inputs)
-        key = _signature(*inputs)
-        return self.cache.run(key, self._eager, inputs, label=str([s[0] if s else None for s in key]))

@@ -1,49 +1,48 @@
-"""CUDA-graph capture (worker/capture.py) on a real GPU, on ComfyUI's own SD1.5 UNet class filled with the
-built-in checkpoint's weights: the replayed output matches eager (fp16 tolerance) and a graph is captured
-once per input signature and then reused. Skipped without a GPU.
-
-ComfyUI is initialised once per process, so the test takes the session's `runtime` (ComfyUI booted the
-worker's way, on the CPU) and builds its UNet on the GPU directly from ComfyUI's classes; the UNet's layers
-are plain torch there (comfy.ops.disable_weight_init), so model management's device plays no part.
+"""CUDA-graph capture (worker/capture.py's capture_cuda_graph through GraphCache) on a real GPU: the replayed
+output matches eager (fp16 tolerance), new inputs of one signature replay through the same graph, and each
+signature gets its own. The denoiser is a small fp16 conv + attention model: what the graph machinery needs,
+without ComfyUI (its real denoiser under capture is tests/gpu/test_capture_job_gpu.py). Skipped without a GPU.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from tests.helpers import TINY
-from worker.capture import UNetRunner
+from worker.capture import GraphCache
 
 pytestmark = pytest.mark.gpu
 CUDA = torch.device("cuda")
 
 
-class DiffusersCall:
-    """ComfyUI's UNetModel(x, timesteps, context) called the way UNetRunner calls a UNet."""
+def signature(*tensors: torch.Tensor) -> tuple:
+    """A key per call: each input's shape, dtype and device (what the ComfyUI wrapper's key starts from)."""
+    return tuple((tuple(t.shape), t.dtype, t.device) for t in tensors)
 
-    def __init__(self, model: torch.nn.Module):
-        self.model = model
 
-    def __call__(self, sample, timestep, encoder_hidden_states=None, added_cond_kwargs=None, return_dict=False):
-        assert added_cond_kwargs is None  # SD1.5 has no added conditioning
-        return (self.model(sample, timestep, context=encoder_hidden_states, transformer_options={}),)
+class Denoiser(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv_in = torch.nn.Conv2d(4, 64, 3, padding=1)
+        self.qkv = torch.nn.Linear(64, 192)
+        self.context = torch.nn.Linear(768, 128)
+        self.conv_out = torch.nn.Conv2d(64, 4, 3, padding=1)
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(sample) * (timestep[:, None, None, None] / 1000)
+        b, c, height, width = h.shape
+        tokens = h.flatten(2).transpose(1, 2)
+        q, k, v = self.qkv(tokens).chunk(3, dim=-1)
+        ck, cv = self.context(context).chunk(2, dim=-1)
+        attended = F.scaled_dot_product_attention(q, torch.cat([k, ck], 1), torch.cat([v, cv], 1))
+        return self.conv_out((tokens + attended).transpose(1, 2).reshape(b, c, height, width))
 
 
 @pytest.fixture(scope="module")
-def unet(runtime) -> DiffusersCall:
-    import comfy.ops
-    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
-    from safetensors.torch import load_file
-
-    from worker.embed import tiny
-
-    path = runtime.settings.builtin_models_dir / "checkpoints" / TINY
-    prefix = "model.diffusion_model."
-    state = {k.removeprefix(prefix): v for k, v in load_file(str(path)).items() if k.startswith(prefix)}
-    model = UNetModel(**tiny.UNET_CONFIG, dtype=torch.float16, device=CUDA, operations=comfy.ops.disable_weight_init)
-    model.load_state_dict(state, strict=True)
-    return DiffusersCall(model.eval())
+def model() -> Denoiser:
+    return Denoiser().to(CUDA, torch.float16).eval()
 
 
 def inputs(batch: int, side: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,45 +52,37 @@ def inputs(batch: int, side: int, seed: int = 0) -> tuple[torch.Tensor, torch.Te
     return sample, context
 
 
-def test_replay_matches_eager_and_the_graph_is_reused(unet: DiffusersCall) -> None:
-    runner = UNetRunner(unet, "cuda_graph")
+def run(cache: GraphCache, model: Denoiser, *tensors: torch.Tensor) -> torch.Tensor:
+    return cache.run(signature(*tensors), model, list(tensors), label=str(tuple(tensors[0].shape)))
+
+
+def test_replay_matches_eager_and_the_graph_is_reused(model: Denoiser) -> None:
+    cache = GraphCache()
     sample, context = inputs(2, 32)
     with torch.inference_mode():
         for t in (900.0, 500.0, 10.0):  # eager, then captured on the second call, then replayed
-            timestep = torch.full((2,), t, device=CUDA)
-            eager = unet(sample, timestep, encoder_hidden_states=context)[0]
-            torch.testing.assert_close(runner(sample, timestep, context), eager, atol=1e-2, rtol=1e-2)
-        assert len(runner.replays) == 1 and not runner.failed
-        # New inputs of the same signature go through the same graph: the output follows them.
-        other, other_context = inputs(2, 32, seed=1)
-        timestep = torch.full((2,), 300.0, device=CUDA)
-        eager = unet(other, timestep, encoder_hidden_states=other_context)[0]
-        replayed = runner(other, timestep, other_context)
-        torch.testing.assert_close(replayed, eager, atol=1e-2, rtol=1e-2)
-        assert not torch.equal(replayed, runner(sample, timestep, context))
-    assert len(runner.replays) == 1 and not runner.failed
+            timestep = torch.full((2,), t, device=CUDA, dtype=torch.float16)
+            torch.testing.assert_close(run(cache, model, sample, timestep, context), model(sample, timestep, context),
+                                       atol=1e-2, rtol=1e-2)
+        assert len(cache.graphs) == 1 and not cache.failed
+        other, other_context = inputs(2, 32, seed=1)  # same signature, new values: the output follows them
+        timestep = torch.full((2,), 300.0, device=CUDA, dtype=torch.float16)
+        replayed = run(cache, model, other, timestep, other_context)
+        torch.testing.assert_close(replayed, model(other, timestep, other_context), atol=1e-2, rtol=1e-2)
+        assert not torch.equal(replayed, run(cache, model, sample, timestep, context))
+    assert len(cache.graphs) == 1 and not cache.failed and cache.captures == 1
 
 
-def test_each_input_signature_gets_its_own_graph(unet: DiffusersCall) -> None:
-    runner = UNetRunner(unet, "cuda_graph")
+def test_each_input_signature_gets_its_own_graph(model: Denoiser) -> None:
+    cache = GraphCache()
     with torch.inference_mode():
         for batch, side in ((2, 32), (2, 48), (1, 32)):
             sample, context = inputs(batch, side)
-            timestep = torch.full((batch,), 700.0, device=CUDA)
-            eager = unet(sample, timestep, encoder_hidden_states=context)[0]
+            timestep = torch.full((batch,), 700.0, device=CUDA, dtype=torch.float16)
+            expected = model(sample, timestep, context)
             for _ in range(2):
-                torch.testing.assert_close(runner(sample, timestep, context), eager, atol=1e-2, rtol=1e-2)
-    assert len(runner.replays) == 3 and not runner.failed
-    assert sorted(shape[0] for shape in runner.describe()["graph_inputs"]) == [[1, 4, 32, 32], [2, 4, 32, 32],
-                                                                             [2, 4, 48, 48]]
-
-
-def test_off_mode_is_eager(unet: DiffusersCall) -> None:
-    runner = UNetRunner(unet, "off")
-    sample, context = inputs(2, 32)
-    timestep = torch.full((2,), 500.0, device=CUDA)
-    with torch.inference_mode():
-        eager = unet(sample, timestep, encoder_hidden_states=context)[0]
-        for _ in range(3):
-            torch.testing.assert_close(runner(sample, timestep, context), eager, atol=1e-3, rtol=1e-3)
-    assert not runner.replays
+                torch.testing.assert_close(run(cache, model, sample, timestep, context), expected,
+                                           atol=1e-2, rtol=1e-2)
+    assert len(cache.graphs) == 3 and not cache.failed
+    assert sorted(g["inputs"] for g in cache.describe()["graphs"]) == ["(1, 4, 32, 32)", "(2, 4, 32, 32)",
+                                                                     "(2, 4, 48, 48)"]

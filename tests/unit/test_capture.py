@@ -1,4 +1,6 @@
-"""The denoiser runner: CUDA-graph replay checked against eager, clean fallback to eager, eager on a CPU."""
+"""The CUDA-graph cache (worker/capture.py) with stand-in captures on the CPU: a graph per key captured on its
+second call and replayed, clean fallback to eager once logged, mismatches refused, LRU-bounded, out of memory
+drops the graphs. worker/embed/capture.py drives it the same way with ComfyUI's calls."""
 
 from __future__ import annotations
 
@@ -7,7 +9,12 @@ import logging
 import pytest
 import torch
 
-from worker.capture import UNetRunner
+from worker.capture import MAX_GRAPHS, GraphCache
+
+
+def signature(*tensors: torch.Tensor) -> tuple:
+    """A key per call: each input's shape, dtype and device (what the ComfyUI wrapper's key starts from)."""
+    return tuple((tuple(t.shape), t.dtype, t.device) for t in tensors)
 
 
 class TinyDenoiser(torch.nn.Module):
@@ -40,17 +47,16 @@ def eager(unet, sample, timestep, context) -> torch.Tensor:
     return unet(sample, timestep, encoder_hidden_states=context, return_dict=False)[0]
 
 
-def test_off_is_the_plain_unet_call(unet) -> None:
-    with torch.inference_mode():
-        assert torch.equal(UNetRunner(unet)(*inputs()), eager(unet, *inputs()))
+class Runner:
+    """A GraphCache keyed by the inputs' signature, as the ComfyUI wrapper keys it (without its weight state)."""
 
+    def __init__(self, unet, capture=None, max_graphs: int = MAX_GRAPHS) -> None:
+        self.unet, self.cache = unet, GraphCache(capture, max_graphs)
 
-def test_cuda_graph_mode_on_cpu_never_tries_to_capture(unet) -> None:
-    attempts: list[int] = []
-    runner = UNetRunner(unet, "cuda_graph", capture=lambda fn, args: attempts.append(1) or fn)
-    with torch.inference_mode():
-        assert torch.equal(runner(*inputs()), eager(unet, *inputs()))
-    assert attempts == []
+    def __call__(self, sample, timestep, context) -> torch.Tensor:
+        tensors = [sample, timestep, context]
+        return self.cache.run(signature(*tensors), lambda *t: eager(self.unet, *t), tensors,
+                              label=str(tuple(sample.shape)))
 
 
 def test_failed_capture_falls_back_to_eager_once_logged(unet, caplog: pytest.LogCaptureFixture) -> None:
@@ -60,7 +66,7 @@ def test_failed_capture_falls_back_to_eager_once_logged(unet, caplog: pytest.Log
         attempts.append(1)
         raise RuntimeError("operation not permitted when stream is capturing")
 
-    runner = UNetRunner(unet, "cuda_graph", capture=broken, eligible=lambda sample: True)
+    runner = Runner(unet, capture=broken)
     with torch.inference_mode(), caplog.at_level(logging.WARNING, logger="worker.capture"):
         results = [runner(*inputs()) for _ in range(4)]
     expected = eager(unet, *inputs())
@@ -76,7 +82,7 @@ def test_replay_is_used_per_signature(unet) -> None:
         captured.append(tuple(args[0].shape))
         return lambda *new: fn(*new) * 0 + 7  # stands in for a graph replay
 
-    runner = UNetRunner(unet, "cuda_graph", capture=fake_capture, eligible=lambda sample: True)
+    runner = Runner(unet, capture=fake_capture)
     sample, timestep, context = inputs()
     with torch.inference_mode():
         assert torch.equal(runner(sample, timestep, context), eager(unet, sample, timestep, context))  # eager
@@ -86,11 +92,6 @@ def test_replay_is_used_per_signature(unet) -> None:
         assert captured == [(2, 4, 8, 8)]
         runner(torch.randn(2, 4, 16, 8), timestep, context)  # seen twice: a second capture
     assert captured == [(2, 4, 8, 8), (2, 4, 16, 8)]
-
-
-def test_unknown_mode_is_refused(unet) -> None:
-    with pytest.raises(ValueError, match="capture mode"):
-        UNetRunner(unet, "tensorrt")
 
 
 def test_check_replay_accepts_rounding_and_refuses_differences_and_nan() -> None:
@@ -114,11 +115,11 @@ def test_mismatching_capture_runs_eagerly(unet, caplog: pytest.LogCaptureFixture
         check_replay(fn(*args) + 1, fn(*args))  # what capture_cuda_graph does with a bad replay
         raise AssertionError("unreachable")
 
-    runner = UNetRunner(unet, "cuda_graph", capture=wrong, eligible=lambda sample: True)
+    runner = Runner(unet, capture=wrong)
     with torch.inference_mode(), caplog.at_level(logging.WARNING, logger="worker.capture"):
         for _ in range(3):
             assert torch.equal(runner(*inputs()), eager(unet, *inputs()))
-    assert not runner.replays and len(runner.failed) == 1
+    assert not runner.cache.graphs and len(runner.cache.failed) == 1
     assert any(CaptureMismatch.__name__ in r.message for r in caplog.records)
 
 
@@ -129,14 +130,14 @@ def test_least_recently_used_graph_is_dropped(unet) -> None:
         captured.append(args[0].shape[2])
         return fn
 
-    runner = UNetRunner(unet, "cuda_graph", capture=fake_capture, eligible=lambda sample: True, max_graphs=2)
+    runner = Runner(unet, capture=fake_capture, max_graphs=2)
     _, timestep, context = inputs()
     with torch.inference_mode():
         for side in (8, 16, 8, 24, 8, 16):  # 16 was least recently used when 24 came
             for _ in range(2):
                 runner(torch.randn(2, 4, side, 8), timestep, context)
     assert captured == [8, 16, 24, 16]
-    assert len(runner.replays) == 2
+    assert len(runner.cache.graphs) == 2
 
 
 def test_compile_cache_round_trip_and_bad_files(tmp_path, monkeypatch, caplog: pytest.LogCaptureFixture) -> None:
@@ -186,10 +187,10 @@ def test_out_of_memory_while_capturing_drops_the_graphs(unet, monkeypatch: pytes
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return fn
 
-    runner = UNetRunner(unet, "cuda_graph", capture=capture, eligible=lambda sample: True)
+    runner = Runner(unet, capture=capture)
     _, timestep, context = inputs()
     with torch.inference_mode():
         for side in (8, 8, 16, 16):
             out = runner(torch.zeros(2, 4, side, 8), timestep, context)
     assert out.shape == (2, 4, 16, 8)  # the step itself ran eagerly
-    assert not runner.replays and emptied == [1]
+    assert not runner.cache.graphs and emptied == [1]
