@@ -33,7 +33,6 @@ from safetensors.torch import save_file
 from tests.helpers import TINY, job, txt2img
 from worker.embed import reference
 from worker.jobs import run_job
-import nodes
 
 LORA = "capture-gpu-lora.safetensors"
 g = torch.Generator().manual_seed(3)
@@ -53,7 +52,7 @@ def lora_graph(seed):
     return graph
 
 def stock(seed, lora=False):
-    prepare = (lambda m: nodes.LoraLoaderModelOnly().load_lora_model_only(m, LORA, 1.0)[0]) if lora else None
+    prepare = (lambda m: reference.with_lora(m, LORA, 1.0)) if lora else None
     with runtime.job_lock:
         return reference.txt2img(TINY, seed, 8, 7.0, 512, 512, "a red cube", "blurry",
                                  prepare_model=prepare).tolist()

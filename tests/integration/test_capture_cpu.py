@@ -27,12 +27,10 @@ def pixels(result: dict[str, Any]) -> np.ndarray:
 
 def stock(runtime, seed: int, steps: int, lora: str | None = None) -> np.ndarray:
     """The same txt2img through ComfyUI's own node classes (no wrapper on that model)."""
-    import nodes
-
     from worker.embed import reference
 
     def with_lora(model: Any) -> Any:
-        return nodes.LoraLoaderModelOnly().load_lora_model_only(model, lora, 1.0)[0]
+        return reference.with_lora(model, lora, 1.0)
 
     with runtime.job_lock:
         return reference.txt2img(TINY, seed, steps, 7.0, 64, 64, "a red cube", "blurry",

@@ -217,9 +217,12 @@ class Engine:
             if patcher is None:
                 continue
             model = getattr(patcher, "model", None)
+            dtype = patcher.model_dtype() if hasattr(patcher, "model_dtype") else None
             found.append({
                 "model": type(model).__name__ if model is not None else type(patcher).__name__,
                 "device": str(getattr(loaded, "device", "?")),
+                "dtype": str(dtype).removeprefix("torch.") if dtype is not None else None,
+                "param_devices": sorted({str(p.device) for p in model.parameters()}) if model is not None else [],
                 "bytes": int(patcher.model_size()) if hasattr(patcher, "model_size") else None,
                 "loaded_bytes": int(patcher.loaded_size()) if hasattr(patcher, "loaded_size") else None,
             })

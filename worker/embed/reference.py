@@ -43,6 +43,13 @@ def txt2img(ckpt: str, seed: int, steps: int, cfg: float, width: int, height: in
     return np.clip(255.0 * image[0].float().cpu().numpy(), 0, 255).astype(np.uint8)
 
 
+def with_lora(model: Any, lora_name: str, strength: float = 1.0) -> Any:
+    """ComfyUI's LoraLoaderModelOnly on a MODEL (a patched clone; the argument is left as it was)."""
+    import nodes
+
+    return nodes.LoraLoaderModelOnly().load_lora_model_only(model, lora_name, strength)[0]
+
+
 def detected_family(path: Path) -> str:
     """The model family ComfyUI's own detection reads from a checkpoint file (e.g. "SD15")."""
     import comfy.model_detection
