@@ -153,9 +153,6 @@ class ModelCache:
             found.append(Entry(folder, name, record))
         return found
 
-    def usage(self) -> int:
-        return sum(int(e.record.get("bytes", 0)) for e in self.entries())
-
     # --- budget ---------------------------------------------------------------------------------------
     def _evictable(self, entry: Entry, pinned: set[tuple[str, str]]) -> bool:
         if (entry.folder, entry.name) in pinned:
