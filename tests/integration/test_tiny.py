@@ -31,3 +31,23 @@ def test_it_is_rewritten_when_written_by_another_definition(runtime, tmp_path: P
 
     old, new = load_file(str(current)), load_file(str(copy))
     assert old.keys() == new.keys() and all((old[k] == new[k]).all() for k in list(old)[:50])
+
+
+def test_the_image_build_steps_write_the_checkpoint_and_the_node_index(tmp_path: Path) -> None:
+    """The Dockerfile's `python -m worker.embed.tiny && python -m worker.embed.node_index`, in a fresh process
+    with an empty cache and no GPU, as at image build."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "WORKER_CACHE_DIR": str(tmp_path), "WORKER_WORK_DIR": str(tmp_path / "work")}
+    for module in ("worker.embed.tiny", "worker.embed.node_index"):
+        done = subprocess.run([sys.executable, "-m", module], cwd=repo, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert tiny.metadata_of(tmp_path / "models" / "checkpoints" / TINY)["worker_tiny_version"] == tiny._VERSION
+    [index] = (tmp_path / "comfyui").glob("node-index-*.json")
+    modules = json.loads(index.read_text())["modules"]
+    assert "SamplerCustomAdvanced" in modules["nodes_custom_sampler.py"]

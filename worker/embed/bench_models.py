@@ -91,7 +91,7 @@ def main(argv: list[str]) -> int:
     if len(argv) != 2 or argv[0] not in MODELS:
         print(f"usage: python -m worker.embed.bench_models {{{','.join(MODELS)}}} DIR", file=sys.stderr)
         return 2
-    prepare_import(Settings.from_env().comfyui_dir)
+    prepare_import(Settings.from_env().comfyui_dir, cpu=True)  # writes a file: no device needed
     import torch
     from comfy.cli_args import args
 

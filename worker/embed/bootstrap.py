@@ -207,15 +207,21 @@ async def _load_custom_nodes(dirs: list[Path], builtin: set[str]) -> CustomNodeR
     return report
 
 
-def prepare_import(comfyui_dir: Path | None) -> Path:
+def prepare_import(comfyui_dir: Path | None, cpu: bool = False) -> Path:
     """ComfyUI importable (path, torchvision, argv never parsed) without initialising it: enough for code
-    that only builds models from its classes (worker/embed/tiny.py). Returns the ComfyUI folder."""
+    that only builds models from its classes (worker/embed/tiny.py). `cpu`: ComfyUI's --cpu, for tools that
+    run where no GPU is (an image build): its model management would otherwise ask CUDA for a device at
+    import. Returns the ComfyUI folder."""
     comfy_dir = install.find(comfyui_dir)
     _add_to_path(comfy_dir)
     torchvision_shim.ensure_importable()
     import comfy.options
 
     comfy.options.enable_args_parsing(False)
+    if cpu:
+        from comfy.cli_args import args
+
+        args.cpu = True
     return comfy_dir
 
 

@@ -120,7 +120,7 @@ def main(argv: list[str]) -> int:
     from worker.embed.bootstrap import prepare_import
 
     settings = Settings.from_env()
-    prepare_import(settings.comfyui_dir)
+    prepare_import(settings.comfyui_dir, cpu=True)
     folder = Path(argv[0]) if argv else settings.builtin_models_dir / "checkpoints"
     print(ensure(folder))
     return 0
