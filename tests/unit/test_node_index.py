@@ -90,3 +90,28 @@ def test_the_module_list_is_comfyuis_own(runtime) -> None:
     key = index_key(runtime.engine.booted.installed.commit)
     index = NodeIndex.read(runtime.engine.booted.node_index_path, key, files)
     assert index is not None and "SamplerCustomAdvanced" in index.modules["nodes_custom_sampler.py"]
+
+
+def test_a_module_in_an_import_cycle_imports_on_first_use_in_a_fresh_process(runtime, base_env) -> None:
+    """nodes_post_processing (ImageScaleToTotalPixels) takes a name from nodes_latent, which imports it back:
+    entered first, on a job's first use, it must still register its nodes."""
+    import os
+    import subprocess
+    import sys
+
+    assert runtime.engine.booted.node_index_path.is_file()  # the session's boot wrote it: this process is lazy
+    script = (
+        "from worker.config import Settings\n"
+        "from worker.embed.engine import Engine\n"
+        "from worker.runtime import embed_options\n"
+        "settings = Settings.from_env()\n"
+        "engine = Engine.start(embed_options(settings, 'cpu'))\n"
+        "assert engine.booted.lazy is not None and 'ImageScaleToTotalPixels' in engine.booted.lazy.pending\n"
+        "engine.ensure_nodes(['ImageScaleToTotalPixels'])\n"
+        "assert 'ImageScaleToTotalPixels' in engine.node_types, engine.booted.lazy.index.failed\n"
+        "print('ok')\n")
+    env = {**os.environ, **base_env, "CUSTOM_NODES": "off"}
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", script], cwd=repo, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]

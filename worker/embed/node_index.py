@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import contextlib
+import importlib
 import importlib.util
 import inspect
 import json
@@ -118,9 +120,16 @@ class LazyModules:
 
 
 def load_module(nodes: Any, path: Path) -> tuple[bool, str]:
-    """One comfy_extras module through ComfyUI's own loader, as init_builtin_extra_nodes loads it."""
+    """One comfy_extras module through ComfyUI's own loader, as init_builtin_extra_nodes loads it.
+
+    Its package form (`comfy_extras.<name>`) is imported first: some modules import each other in a cycle
+    (nodes_latent imports nodes_post_processing, which takes a name from nodes_latent) that resolves only
+    when entered from the side ComfyUI's fixed order enters it; importing the package form first completes
+    the cycle either way, and ComfyUI's loader then runs the file as usual."""
     from worker.embed.bootstrap import ImportReasons
 
+    with contextlib.suppress(Exception):  # a module that cannot import says why in the loader below
+        importlib.import_module(f"comfy_extras.{path.stem}")
     with ImportReasons() as reasons:
         ok = asyncio.run(nodes.load_custom_node(str(path), module_parent="comfy_extras"))
     return ok, "" if ok else reasons.get(path.name, "did not import")

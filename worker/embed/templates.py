@@ -146,6 +146,7 @@ def placeholder_models(prompt: Mapping[str, Any], model_inputs: Mapping[tuple[st
 def check(engine: Any, template: Template, models_root: Path, unavailable: Mapping[str, str]) -> Outcome:
     """Convert one template and validate it against the engine, with placeholders for what it names."""
     workflow = template.workflow()
+    engine.ensure_nodes(ui_node_types(workflow))  # built-in modules imported on first use (node_index.py)
     missing = sorted(t for t in ui_node_types(workflow) if t not in engine.node_types)
     if missing:
         why = {unavailable[t].split(" (", 1)[0] for t in missing if t in unavailable}
