@@ -108,20 +108,28 @@ def _add_to_path(comfy_dir: Path) -> None:
     sys.path.insert(index, entry)
 
 
-def _model_folders(options: EmbedOptions) -> None:
-    """Every folder kind ComfyUI knows, under each of our roots, with ComfyUI's own sub-folder names
-    (text_encoders also in clip/, diffusion_models also in unet/, ...)."""
+_subfolders: dict[str, list[Path]] = {}  # folder kind -> ComfyUI's own sub-folders for it, read once
+
+
+def add_model_root(root: Path) -> None:
+    """`root` in ComfyUI's layout: every folder kind ComfyUI knows under it, with ComfyUI's own sub-folder
+    names (text_encoders also in clip/, diffusion_models also in unet/, ...). Paths it has are ignored."""
     import folder_paths
 
-    models_dir = Path(folder_paths.models_dir)
-    roots = [*options.model_roots, VOLUME_COMFYUI / "models"]
-    for kind, (paths, _extensions) in list(folder_paths.folder_names_and_paths.items()):
-        if kind == "custom_nodes":
-            continue
-        subfolders = [Path(p).relative_to(models_dir) for p in paths if Path(p).is_relative_to(models_dir)]
-        for root in roots:
-            for sub in subfolders:
-                folder_paths.add_model_folder_path(kind, str(root / sub))
+    if not _subfolders:  # from ComfyUI's defaults, before any root of ours is in the lists
+        models_dir = Path(folder_paths.models_dir)
+        for kind, (paths, _extensions) in folder_paths.folder_names_and_paths.items():
+            if kind != "custom_nodes":
+                _subfolders[kind] = [Path(p).relative_to(models_dir) for p in paths
+                                     if Path(p).is_relative_to(models_dir)]
+    for kind, subfolders in _subfolders.items():
+        for sub in subfolders:
+            folder_paths.add_model_folder_path(kind, str(root / sub))
+
+
+def _model_folders(options: EmbedOptions) -> None:
+    for root in [*options.model_roots, VOLUME_COMFYUI / "models"]:
+        add_model_root(root)
     for yaml_path in options.extra_model_paths:
         from utils.extra_config import load_extra_path_config
 

@@ -46,11 +46,9 @@ class ComfyFolders:
     def register(self, root: Path) -> None:
         """`root` as a model root of every kind (bootstrap does this at start-up for MODEL_CACHE_DIR; here a
         root given later, e.g. other settings in a test, is added too). ComfyUI ignores paths it has."""
-        import folder_paths
+        from worker.embed.bootstrap import add_model_root
 
-        for kind in list(folder_paths.folder_names_and_paths):
-            if kind not in _NOT_MODELS:
-                folder_paths.add_model_folder_path(kind, str(root / self.subfolder(kind)))
+        add_model_root(root)
 
     def refresh(self, kind: str) -> None:
         import folder_paths
