@@ -141,7 +141,7 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar(('MAX_TEXT_CHARS',), '`50000`',
            'longest text input of any node (a 1 MB prompt holds the text encoder for a minute)'),
     EnvVar(('NODE_IMPORTS',), '`lazy`',
-           "`lazy`: ComfyUI's built-in `comfy_extras` node modules are imported when a job first uses one of their node types (which module has which comes from an index built on the first start, or at image build, kept in `<WORKER_CACHE_DIR>/comfyui/`); `all`: every module at start-up, as ComfyUI does. `/object_info` lists every node either way"),
+           "`lazy`: ComfyUI's built-in `comfy_extras` node modules are imported when a job first uses one of their node types (which module has which comes from an index built on the first start, or at image build, kept in `<WORKER_CACHE_DIR>/comfyui/`); `all`: every module at start-up, as ComfyUI does (also what `lazy` does when custom nodes are installed: they may look built-in classes up while they load). `/object_info` lists every node either way"),
     EnvVar(('MODEL_DOWNLOADS',), '`request`',
            "model files fetched by URL when missing (see `input.models` in docs/api.md): `request` (the request's `input.models`), `on` (also the `properties.models` URLs of a UI workflow, for files its graph names), `off` (none)"),
     EnvVar(('MODEL_CACHE_DIR',), '`/runpod-volume/ComfyUI/models` with a network volume, else `<WORKER_CACHE_DIR>/models`',

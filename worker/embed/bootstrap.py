@@ -289,6 +289,12 @@ def boot(options: EmbedOptions) -> Booted:
     dirs = _custom_node_dirs(options) if options.custom_nodes else []
     for folder in dirs:
         folder_paths.add_model_folder_path("custom_nodes", str(folder))
+    if lazy is not None and any(any(folder.iterdir()) for folder in dirs):
+        # Custom nodes may look up built-in node classes while they import (ComfyUI loads all of these
+        # first): with custom nodes present, the lazy import would change what they see.
+        lazy.load_all()
+        seconds["builtin_nodes"] += time.perf_counter() - mark
+        mark = time.perf_counter()
     import hook_breaker_ac10a0
 
     hook_breaker_ac10a0.save_functions()  # what custom nodes must not replace; restored after each prompt
