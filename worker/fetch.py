@@ -233,6 +233,18 @@ def connect(target: _Target, policy: UrlInputSettings, deadline: float, resolve:
     raise _failure(target, last_error or OSError("no address"), policy)
 
 
+def next_url(response: _Response, url: str, shown: str, error: type[UserError] = FetchError) -> str | None:
+    """Where a redirect points (the next hop, checked like the first), None for a 200; `error` otherwise."""
+    if response.status in _REDIRECTS:
+        location = response.headers.get("Location")
+        if not location:
+            raise error(f"URL {shown}: HTTP {response.status} without a Location")
+        return urljoin(url, location)
+    if response.status != 200:
+        raise error(f"URL {shown}: the server answered HTTP {response.status}")
+    return None
+
+
 def fetch_url(url: str, policy: UrlInputSettings, max_bytes: int, resolve: Resolver = system_resolve) -> bytes:
     """GET `url` (at most `max_bytes`), following redirects here so that each hop's addresses are checked."""
     deadline = time.monotonic() + policy.timeout_s
@@ -240,14 +252,10 @@ def fetch_url(url: str, policy: UrlInputSettings, max_bytes: int, resolve: Resol
         target = _Target.parse(url)
         pool, response = connect(target, policy, deadline, resolve)
         try:
-            if response.status in _REDIRECTS:
-                location = response.headers.get("Location")
-                if not location:
-                    raise FetchError(f"URL {target.shown}: HTTP {response.status} without a Location")
-                url = urljoin(url, location)
+            redirect = next_url(response, url, target.shown)
+            if redirect is not None:
+                url = redirect
                 continue
-            if response.status != 200:
-                raise FetchError(f"URL {target.shown}: the server answered HTTP {response.status}")
             return _read(response, max_bytes, deadline, target.shown)
         except (HTTPError, OSError) as exc:
             raise _failure(target, exc, policy) from None

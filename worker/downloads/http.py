@@ -16,16 +16,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
-from urllib.parse import urljoin
 
 from urllib3.exceptions import HTTPError, ProtocolError, ReadTimeoutError
 
 from worker.config import HostRule, ModelDownloadSettings, UrlInputSettings
 from worker.errors import JobCancelled, JobTimedOut, UserError
-from worker.fetch import FetchError, Resolver, _Target, connect, system_resolve
+from worker.fetch import FetchError, Resolver, _Target, connect, next_url, system_resolve
 from worker.stop import StopSignal
 
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 10
 _CHUNK = 1024 * 1024
 STALL_S = 60.0  # no byte for this long: the server is gone
@@ -97,14 +95,10 @@ def download(url: str, out: BinaryIO, settings: ModelDownloadSettings, stop: Sto
         except FetchError as exc:
             raise DownloadError(str(exc).replace(" (URL_INPUT_TIMEOUT_S)", "")) from None
         try:
-            if response.status in _REDIRECTS:
-                location = response.headers.get("Location")
-                if not location:
-                    raise DownloadError(f"URL {target.shown}: HTTP {response.status} without a Location")
-                url = urljoin(url, location)
+            redirect = next_url(response, url, target.shown, DownloadError)
+            if redirect is not None:
+                url = redirect
                 continue
-            if response.status != 200:
-                raise DownloadError(f"URL {target.shown}: the server answered HTTP {response.status}")
             return _stream(response, out, target.shown, deadline, stop, progress, limit)
         finally:
             response.release_conn()
