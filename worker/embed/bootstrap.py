@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from worker.embed import install, node_index, server_stub, torchvision_shim
+from worker.embed import deferred, install, node_index, server_stub, torchvision_shim
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,8 @@ class EmbedOptions:
     reserve_vram_gb: float | None = None  # what ComfyUI leaves free on the GPU (MODEL_MEMORY_BUDGET)
     work_dir: Path = Path("/tmp/worker-comfyui")  # output/input/temp/user folders of the process
     # comfy_extras modules imported on a job's first use of their node types (worker/embed/node_index.py);
-    # their index is kept in node_index_dir (None: import them all at start-up, no index).
+    # their index is kept in node_index_dir (None: import them all at start-up, no index). Also what defers
+    # ComfyUI's per-family model modules, torchvision, scipy.stats, torchsde (worker/embed/deferred.py).
     lazy_nodes: bool = True
     api_nodes: bool = False  # ComfyUI's paid API nodes (comfy_api_nodes/): they call Comfy.org with the job's key
     node_index_dir: Path | None = None
@@ -62,7 +63,6 @@ class Booted:
     builtin_failed: dict[str, str]  # comfy_extras modules that did not import, with why (e.g. no torchaudio)
     node_count: int
     seconds: dict[str, float]
-    torchvision_shimmed: tuple[str, ...]
     lazy: node_index.LazyModules | None = None  # built-in modules not imported yet (None: all imported)
     node_index_path: Path | None = None
 
@@ -215,14 +215,17 @@ async def _load_custom_nodes(dirs: list[Path], builtin: set[str]) -> CustomNodeR
     return report
 
 
-def prepare_import(comfyui_dir: Path | None, cpu: bool = False) -> Path:
+def prepare_import(comfyui_dir: Path | None, cpu: bool = False, defer: bool = False) -> Path:
     """ComfyUI importable (path, torchvision, argv never parsed) without initialising it: enough for code
     that only builds models from its classes (worker/embed/tiny.py). `cpu`: ComfyUI's --cpu, for tools that
     run where no GPU is (an image build): its model management would otherwise ask CUDA for a device at
-    import. Returns the ComfyUI folder."""
+    import. `defer`: the modules of worker/embed/deferred.py run on first use. Returns the ComfyUI folder."""
     comfy_dir = install.find(comfyui_dir)
     _add_to_path(comfy_dir)
-    torchvision_shim.ensure_importable()
+    if defer:
+        deferred.install(deferred.comfyui_deferrals(before_torchvision=torchvision_shim.before_import))
+    else:
+        torchvision_shim.ensure_importable()
     import comfy.options
 
     comfy.options.enable_args_parsing(False)
@@ -240,12 +243,11 @@ def boot(options: EmbedOptions) -> Booted:
         raise RuntimeError("ComfyUI is already initialised in this process")
     seconds: dict[str, float] = {}
     started = time.perf_counter()
-    comfy_dir = prepare_import(options.comfyui_dir)
+    comfy_dir = prepare_import(options.comfyui_dir, defer=options.lazy_nodes)
     installed, pin = install.inspect(comfy_dir), install.read_pin()
     if installed.commit != pin.commit:
         log.warning("ComfyUI at %s is commit %s, not the pinned %s (%s)", comfy_dir, installed.commit,
                     pin.commit, pin.version)
-    shimmed = torchvision_shim.shimmed
     _set_args(options)
     server_stub.install()
     # The order is ComfyUI's (see the module docstring): utils.extra_config before nodes.
@@ -313,5 +315,5 @@ def boot(options: EmbedOptions) -> Booted:
              f"{len(lazy.names())} imported on first use" if lazy is not None else "all imported",
              len(builtin_failed), len(report.loaded), len(report.failed))
     return Booted(installed=installed, pin=pin, custom_nodes=report, builtin_failed=builtin_failed,
-                  node_count=count, seconds=seconds, torchvision_shimmed=shimmed, lazy=lazy,
+                  node_count=count, seconds=seconds, lazy=lazy,
                   node_index_path=index_path)

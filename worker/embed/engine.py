@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-from worker.embed import bootstrap, node_index, save, tiny, ui_format
+from worker.embed import bootstrap, deferred, node_index, save, tiny, torchvision_shim, ui_format
 from worker.embed.attention import AttentionOverride, wrap_loaders
 from worker.embed.needs import NodeMeta, missing_models
 from worker.embed.runner import Runner, RunResult
@@ -311,7 +311,8 @@ class Engine:
             "node_modules_not_yet_imported": (len(set(self.booted.lazy.pending.values()))
                                               if self.booted.lazy is not None else 0),
             "builtin_modules_failed": self.booted.builtin_failed,
-            "torchvision_shim": list(self.booted.torchvision_shimmed),
+            "torchvision_shim": list(torchvision_shim.shimmed),
+            "deferred_imports": deferred.report(),
             "attention_override": None if self.attention is None else {
                 **self.attention.health(), "models": self.attention_models, "loaders": self.attention_loaders},
         }

@@ -8,13 +8,17 @@ matched with the base image's torch and imports normally; there this module does
 
 `ensure_importable()` tries the import first. Only when it fails for that reason does it declare the
 missing operator schemas (no kernels: calling them still fails, as it would without the shim) and import
-again. Nothing already registered is touched.
+again. Nothing already registered is touched. `before_import(spec)` is the same decision for a torchvision
+whose import is deferred (worker/embed/deferred.py): run just before its code, it loads torchvision's C
+extension as torchvision itself would, and declares the schemas only if that load fails.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +63,6 @@ shimmed: tuple[str, ...] = ()  # the operators this process had to declare; empt
 def ensure_importable() -> tuple[str, ...]:
     """Import torchvision, declaring its missing operators first if (and only if) that is what breaks it.
     Returns the operators declared. Other import failures propagate unchanged."""
-    global _library, shimmed
     try:
         import torchvision
         return shimmed
@@ -70,14 +73,36 @@ def ensure_importable() -> tuple[str, ...]:
             raise
     for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
         del sys.modules[name]  # the half-imported package, so the second import starts clean
+    _declare_missing()
+    import torchvision  # noqa: F401
+
+    return shimmed
+
+
+def before_import(spec: Any) -> tuple[str, ...]:
+    """Before torchvision's package code runs: where its C extension does not load against this torch,
+    declare the operator schemas its meta registrations need. Returns the operators declared."""
+    import torch
+
+    folder = Path(spec.submodule_search_locations[0]) if spec.submodule_search_locations else None
+    extension = folder / "_C.so" if folder is not None else None
+    if extension is None or not extension.is_file():
+        return shimmed
+    try:
+        torch.ops.load_library(str(extension))  # what torchvision.extension does first; loading twice is a no-op
+        return shimmed
+    except OSError:
+        return _declare_missing()
+
+
+def _declare_missing() -> tuple[str, ...]:
+    global _library, shimmed
     import torch
 
     missing = [op for op in _SCHEMAS if not _defined(op)]
     _library = torch.library.Library("torchvision", "FRAGMENT")
     for op in missing:
         _library.define(_SCHEMAS[op])
-    import torchvision  # noqa: F401
-
     shimmed = tuple(missing)
     log.info("torchvision's C++ ops do not load against this torch; declared %d operator schemas so its "
              "Python parts import (its detection ops stay unavailable)", len(missing))
