@@ -18,12 +18,11 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 import certifi
 import urllib3
-from botocore.exceptions import BotoCoreError, ClientError
 from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError, ReadTimeoutError
 
 from worker.config import Settings, StorageSettings, UrlInputSettings
 from worker.errors import UserError
-from worker.storage import describe_error, store_for
+from worker.storage import describe_error, s3_errors, store_for
 
 Resolver = Callable[[str, int], list[str]]
 _Response = urllib3.BaseHTTPResponse
@@ -285,5 +284,5 @@ def fetch_s3(url: str, storage: StorageSettings, max_bytes: int) -> bytes:
         return store_for(storage).get(bucket, key, max_bytes)
     except ValueError as exc:
         raise FetchError(f"URL {url}: the object {exc}") from None
-    except (BotoCoreError, ClientError) as exc:
+    except s3_errors() as exc:
         raise FetchError(f"URL {url}: {describe_error(exc)}") from None

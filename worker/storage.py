@@ -19,10 +19,6 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
-import boto3
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
-
 from worker.config import StorageSettings
 
 log = logging.getLogger(__name__)
@@ -45,8 +41,19 @@ class Uploaded:
     error: str | None = None  # the cause, on failure after retries
 
 
+def s3_errors() -> tuple[type[BaseException], ...]:
+    """botocore's error classes, for `except` clauses. boto3 is imported on first use (about 70 ms of
+    start-up that a worker without a bucket never needs); an except clause evaluates this only when an
+    exception reaches it."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    return BotoCoreError, ClientError
+
+
 def describe_error(exc: BaseException) -> str:
     """A short cause for messages: S3's error code and text, or botocore's own message."""
+    from botocore.exceptions import ClientError
+
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
@@ -55,6 +62,9 @@ def describe_error(exc: BaseException) -> str:
 
 
 def make_client(settings: StorageSettings) -> Any:
+    import boto3
+    from botocore.config import Config
+
     config = Config(
         signature_version="s3v4",  # SigV2 presigned URLs are refused by R2 and newer regions
         s3={"addressing_style": settings.addressing_style},
@@ -111,7 +121,7 @@ class Store:
         try:
             self.put(key, file.data, file.content_type)
             return Uploaded(file.name, key, url=self.url_for(key))
-        except (BotoCoreError, ClientError) as exc:
+        except s3_errors() as exc:
             cause = describe_error(exc)
             log.warning("upload of %s to %s failed: %s", key, self.where(), cause)
             return Uploaded(file.name, key, error=cause)
