@@ -15,12 +15,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from worker import malloc
 from worker.config import Settings
 from worker.logs import setup_logging
 from worker.prefetch import start_prefetch
 
 SETTINGS = Settings.from_env()
 setup_logging(SETTINGS.log_level)
+malloc.tune()  # before the imports and the models allocate (worker/malloc.py)
 # Before the heavy imports below: reading the preloaded checkpoints from disk overlaps them (cold start).
 PREFETCH = start_prefetch(SETTINGS)
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from worker import malloc
 from worker.config import ConfigError, Settings
 from worker.downloads import ModelCache
 from worker.embed.bootstrap import EmbedOptions
@@ -80,6 +81,7 @@ class Runtime:
             "storage": self.settings.storage.describe(),
             "model_cache": ModelCache(self.settings.models).health(),
             "boot_seconds": {k: round(v, 3) for k, v in self.boot_seconds.items()},
+            "malloc": malloc.tune() or malloc.skip_reason() or "unchanged",
             "warmup": self.warmup,
             "attention": self.attention.health() if self.attention is not None else None,
             "denoiser_capture": self.capture.health() if self.capture is not None else None,
@@ -155,6 +157,7 @@ def start(settings: Settings | None = None, prefetch: Prefetch | None = None) ->
     """Boot ComfyUI, preload and warm up: what every entry point runs before it reports ready."""
     settings = settings or Settings.from_env()
     started = time.perf_counter()
+    malloc.tune()  # a no-op where handler.py did it first
     import torch
 
     device = pick_device(settings.device, torch.cuda.is_available())
