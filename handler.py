@@ -15,10 +15,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from worker import malloc
-from worker.config import Settings
-from worker.logs import setup_logging
-from worker.prefetch import start_prefetch
+from worker import gc_pause
+
+gc_pause.pause()  # until ComfyUI is imported (worker/gc_pause.py)
+from worker import malloc  # noqa: E402
+from worker.config import Settings  # noqa: E402
+from worker.logs import setup_logging  # noqa: E402
+from worker.prefetch import start_prefetch  # noqa: E402
 
 SETTINGS = Settings.from_env()
 setup_logging(SETTINGS.log_level)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from worker import malloc
+from worker import gc_pause, malloc
 from worker.config import ConfigError, Settings
 from worker.downloads import ModelCache
 from worker.embed.bootstrap import EmbedOptions
@@ -160,13 +160,16 @@ def start(settings: Settings | None = None, prefetch: Prefetch | None = None) ->
     settings = settings or Settings.from_env()
     started = time.perf_counter()
     malloc.tune()  # a no-op where handler.py did it first
-    import torch
-
-    device = pick_device(settings.device, torch.cuda.is_available())
     seconds: dict[str, float] = {}
-    engine = Engine.start(embed_options(settings, device),
-                          builtin_dir=settings.builtin_models_dir if settings.builtin_checkpoint else None,
-                          ram_headroom_gb=settings.cache_ram_headroom_gb)
+    try:
+        import torch
+
+        device = pick_device(settings.device, torch.cuda.is_available())
+        engine = Engine.start(embed_options(settings, device),
+                              builtin_dir=settings.builtin_models_dir if settings.builtin_checkpoint else None,
+                              ram_headroom_gb=settings.cache_ram_headroom_gb)
+    finally:
+        gc_pause.resume()  # ComfyUI is imported: the collector back on before models and jobs (worker/gc_pause.py)
     seconds.update({f"comfyui_{k}": v for k, v in engine.booted.seconds.items()})
     runtime = Runtime(settings=settings, device=device, engine=engine, boot_seconds=seconds)
     mark = time.perf_counter()
