@@ -12,6 +12,9 @@ import platform
 from types import ModuleType
 from typing import Any
 
+from worker.embed import deferred
+from worker.embed.deferred import Deferral
+
 
 def cpu_brand() -> dict[str, str]:
     """What the SDK reads from get_cpu_info(): {"brand_raw": ...}."""
@@ -25,8 +28,15 @@ def cpu_brand() -> dict[str, str]:
     return {"brand_raw": platform.processor() or "unknown"}
 
 
+# runpod/__init__ imports its CLI (through runpod.http_client), and the CLI's SSH helpers import paramiko,
+# cryptography and invoke: about 0.1 s of start-up for code a serverless worker never runs.
+SDK_DEFERRALS = (Deferral("paramiko", "runpod's CLI SSH helpers only (key generation, pod shells)"),)
+
+
 def import_runpod() -> ModuleType:
     import cpuinfo
+
+    deferred.install(SDK_DEFERRALS)
 
     probe = cpuinfo.get_cpu_info
     cpuinfo.get_cpu_info = cpu_brand

@@ -200,8 +200,11 @@ def _import(name: str, globals: Any = None, locals: Any = None, fromlist: Any = 
 
 
 def install(deferrals: tuple[Deferral, ...]) -> None:
-    """Defer these modules from now on (modules already imported stay as they are). Idempotent."""
+    """Defer these modules from now on, beside any installed before (modules already imported stay as
+    they are). Installing the same list again changes nothing."""
     if _registry.finder is not None:
+        known = {d.name for d in _registry.finder.deferrals}
+        _registry.finder.deferrals += tuple(d for d in deferrals if d.name not in known)
         return
     _registry.finder = _Finder(deferrals)
     sys.meta_path.insert(0, _registry.finder)
