@@ -15,10 +15,9 @@ preloads another allocator (jemalloc, tcmalloc, mimalloc via `LD_PRELOAD`), and 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
-import platform
+import sys
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +37,17 @@ def skip_reason(environ: dict[str, str] | os._Environ[str] | None = None) -> str
         return f"set by the operator ({', '.join(configured)})"
     if env.get("LD_PRELOAD"):
         return f"another allocator is preloaded ({env['LD_PRELOAD']})"
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if not sys.platform.startswith("linux") or not _glibc_version():
         return "not glibc"
     return None
+
+
+def _glibc_version() -> str | None:
+    try:
+        found = os.confstr("CS_GNU_LIBC_VERSION")  # "glibc 2.36"; absent on musl and other systems
+    except (ValueError, OSError):
+        return None
+    return found if found and found.startswith("glibc") else None
 
 
 def tune() -> dict[str, int]:
@@ -53,7 +60,7 @@ def tune() -> dict[str, int]:
     if reason is not None:
         log.debug("malloc settings left as they are: %s", reason)
         return _applied
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    libc = ctypes.CDLL(None)  # the C library this process already runs on
     for name, param, value in (("mmap_threshold", M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX),
                                ("trim_threshold", M_TRIM_THRESHOLD, TRIM_THRESHOLD)):
         if libc.mallopt(param, value) == 1:
