@@ -1,12 +1,14 @@
 """Stock ComfyUI against the worker, side by side in one run, same checkpoint, same workflow, same machine:
 
-- first image: process start -> the first image file on disk (stock: worker/embed/reference.py, ComfyUI
-  driven as its main.py drives it, every node module and its API nodes loaded, Pillow PNG; worker:
-  `python handler.py --test_input`, the built-in checkpoint preloaded and warmed up before ready);
+- first image: process start -> the first image file on disk, the median of `--runs` starts per side,
+  taken in turns (stock: worker/embed/reference.py, ComfyUI driven as its main.py drives it, every node
+  module and its API nodes loaded, Pillow PNG; worker: `python handler.py --test_input`, the built-in
+  checkpoint preloaded and warmed up before ready);
 - warm per-job time outside the sampler: job wall time minus the KSampler node, over `--jobs` jobs with a
   new seed each (so sampling really runs again), median.
 
-    .venv/bin/python bench/cold_start.py [--steps 10] [--side 256] [--jobs 5] [--plot bench/out/cold_start.png]
+    .venv/bin/python bench/cold_start.py [--steps 10] [--side 256] [--jobs 5] [--runs 3] \
+        [--plot bench/out/cold_start.png]
 
 The page cache is warm (files read in an earlier run); both sides get the same. Times are wall clock on
 this machine; the table prints ratios worker / stock.
@@ -104,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--side", type=int, default=256)
     parser.add_argument("--jobs", type=int, default=5, help="warm jobs per side (after the first)")
+    parser.add_argument("--runs", type=int, default=3, help="process starts per side (median)")
     parser.add_argument("--plot", type=Path, default=None, help="write a bar chart PNG here")
     parser.add_argument("--child-worker-jobs", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -122,14 +125,17 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "WORKER_DEVICE": "cpu", "RUNPOD_SKIP_AUTO_SYSTEM_CHECKS": "true"}
     env.pop("RUNPOD_WEBHOOK_GET_JOB", None)
 
-    stock_out, worker_out = work / "stock", work / "worker"
-    stock_out.mkdir()
-    worker_out.mkdir()
-    stock_first, _ = first_file([PY, "-m", "worker.embed.reference", "--workflow", str(job), "--output-dir",
-                                 str(stock_out), "--models-dir", str(work / "models")], env, stock_out)
-    worker_env = {**env, "OUTPUT_DIR": str(worker_out), "MODELS_DIRS": str(work / "models"),
-                  "WORKER_WORK_DIR": str(work / "worker-work")}
-    worker_first, _ = first_file([PY, "handler.py", "--test_input", job.read_text()], worker_env, worker_out)
+    worker_env = {**env, "MODELS_DIRS": str(work / "models"), "WORKER_WORK_DIR": str(work / "worker-work")}
+    stock_firsts, worker_firsts = [], []
+    for run in range(args.runs):  # alternating, so a slow spell of the machine hits both sides alike
+        stock_out, worker_out = work / f"stock-{run}", work / f"worker-{run}"
+        stock_out.mkdir()
+        worker_out.mkdir()
+        stock_firsts.append(first_file([PY, "-m", "worker.embed.reference", "--workflow", str(job), "--output-dir",
+                                        str(stock_out), "--models-dir", str(work / "models")], env, stock_out)[0])
+        worker_firsts.append(first_file([PY, "handler.py", "--test_input", job.read_text()],
+                                        {**worker_env, "OUTPUT_DIR": str(worker_out)}, worker_out)[0])
+    stock_first, worker_first = statistics.median(stock_firsts), statistics.median(worker_firsts)
 
     stock_jobs = subprocess.run([PY, "-m", "worker.embed.reference", "--workflow", str(job), "--output-dir",
                                  str(work / "stock-jobs"), "--models-dir", str(work / "models"), "--repeat",
@@ -144,7 +150,10 @@ def main(argv: list[str] | None = None) -> int:
          statistics.median(_sampler(j) for j in worker_lines[1:])),
     ]
     print(f"device: CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores); "
-          f"tiny SD1.5 checkpoint, {args.side}x{args.side}, {args.steps} steps euler, cfg 7; {args.jobs} warm jobs")
+          f"tiny SD1.5 checkpoint, {args.side}x{args.side}, {args.steps} steps euler, cfg 7; "
+          f"first image: median of {args.runs} starts per side, alternating; {args.jobs} warm jobs")
+    print("first image per start (s): stock " + " ".join(f"{t:.2f}" for t in stock_firsts)
+          + " | worker " + " ".join(f"{t:.2f}" for t in worker_firsts))
     print(f"{'measure':<36} {'stock ComfyUI':>14} {'worker':>10} {'worker/stock':>13}")
     for name, stock, worker in rows:
         print(f"{name:<36} {stock:>14.2f} {worker:>10.2f} {worker / stock:>12.2f}x")
