@@ -8,8 +8,9 @@ next. `tune()` raises the mmap threshold to glibc's maximum (32 MiB on 64-bit) a
 1 GiB, so such blocks stay in malloc's heap for the next use. The price is that the process keeps up to that
 much freed heap instead of returning it to the kernel: right for a worker that runs job after job.
 
-Left alone where the operator configured malloc (any `MALLOC_*_` variable, which glibc reads itself) or
-preloads another allocator (jemalloc, tcmalloc, mimalloc via `LD_PRELOAD`), and off glibc.
+Left alone where the operator configured malloc (any `MALLOC_*` variable or a `glibc.malloc.*` entry in
+`GLIBC_TUNABLES`, which glibc reads itself) or preloads another allocator (jemalloc, tcmalloc, mimalloc via
+`LD_PRELOAD`), and off glibc.
 """
 
 from __future__ import annotations
@@ -32,7 +33,10 @@ _applied: dict[str, int] | None = None
 def skip_reason(environ: dict[str, str] | os._Environ[str] | None = None) -> str | None:
     """Why tune() leaves malloc alone here, or None."""
     env = os.environ if environ is None else environ
-    configured = sorted(k for k in env if k.startswith("MALLOC_") and k.endswith("_"))
+    # glibc's own variables (MALLOC_MMAP_THRESHOLD_, MALLOC_ARENA_MAX, ...) and its malloc tunables.
+    configured = sorted(k for k in env if k.startswith("MALLOC_"))
+    if "glibc.malloc." in env.get("GLIBC_TUNABLES", ""):
+        configured.append("GLIBC_TUNABLES")
     if configured:
         return f"set by the operator ({', '.join(configured)})"
     if env.get("LD_PRELOAD"):

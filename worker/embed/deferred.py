@@ -28,7 +28,7 @@ import threading
 import time
 import types
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.machinery import ModuleSpec
 from typing import Any
 
@@ -69,10 +69,9 @@ def comfyui_deferrals(before_torchvision: Callable[[ModuleSpec], Any] | None = N
 
 
 # Attributes the import system, `inspect` and `sys.modules` scanners read on any module: answered without
-# running the module (they were set before it was deferred).
+# running the module (the import system set them before it was deferred).
 _PASSTHROUGH = frozenset({"__name__", "__file__", "__spec__", "__loader__", "__package__", "__path__",
-                          "__cached__", "__class__", "__dict__", "__doc__"})
-_LOCK = threading.RLock()  # one for all: a deferred module's code may import (and so run) another one
+                          "__cached__", "__class__", "__dict__"})
 
 
 class DeferredModule(types.ModuleType):
@@ -82,7 +81,7 @@ class DeferredModule(types.ModuleType):
         if name in _PASSTHROUGH:
             return object.__getattribute__(self, name)
         realize(self)
-        return object.__getattribute__(self, name)
+        return types.ModuleType.__getattribute__(self, name)  # with the module's own __getattr__ (PEP 562)
 
     def __setattr__(self, name: str, value: Any) -> None:
         realize(self)
@@ -94,13 +93,16 @@ class DeferredModule(types.ModuleType):
 
     def __dir__(self) -> list[str]:
         realize(self)
-        return list(object.__getattribute__(self, "__dict__"))
+        return types.ModuleType.__dir__(self)  # with the module's own __dir__, if it has one
 
 
 @dataclass
 class _State:
     loader: importlib.abc.Loader
     deferral: Deferral
+    # One per module, re-entrant: its code may read itself (a circular import) or run other deferred
+    # modules, and a thread running one module never waits on a lock another module's run holds.
+    lock: threading.RLock = field(default_factory=threading.RLock)
     started: bool = False
     error: BaseException | None = None
 
@@ -112,7 +114,7 @@ def realize(module: types.ModuleType) -> None:
         return
     spec = object.__getattribute__(module, "__spec__")
     state: _State = spec.loader_state
-    with _LOCK:
+    with state.lock:
         if state.error is not None:
             raise ImportError(f"deferred import of {spec.name} failed: {state.error}") from state.error
         if state.started:
@@ -129,9 +131,9 @@ def realize(module: types.ModuleType) -> None:
         # From here on it is an ordinary module, with its own loader (resource and source lookups use it).
         spec.loader = state.loader
         object.__setattr__(module, "__loader__", state.loader)
-        object.__setattr__(module, "__class__", types.ModuleType)
+        if type(module) is DeferredModule:  # unless its code gave itself a class of its own
+            object.__setattr__(module, "__class__", types.ModuleType)
         _registry.realized[spec.name] = time.perf_counter() - started
-        _registry.packages.discard(spec.name)
 
 
 class _DeferringLoader(importlib.abc.Loader):
@@ -147,8 +149,7 @@ class _DeferringLoader(importlib.abc.Loader):
 
     def exec_module(self, module: types.ModuleType) -> None:
         module.__spec__.loader_state = _State(self.loader, self.deferral)
-        if module.__spec__.submodule_search_locations is not None:
-            _registry.packages.add(module.__spec__.name)
+        _registry.deferred.append(module.__spec__.name)
         module.__class__ = DeferredModule
 
 
@@ -168,7 +169,6 @@ class _Finder(importlib.abc.MetaPathFinder):
         if deferral is None:
             return None
         spec.loader = _DeferringLoader(spec.loader, deferral)
-        _registry.deferred.append(fullname)
         return spec
 
 
@@ -176,25 +176,27 @@ class _Finder(importlib.abc.MetaPathFinder):
 class _Registry:
     finder: _Finder | None = None
     original_import: Callable[..., Any] | None = None
-    deferred: list[str] = None  # type: ignore[assignment]
-    packages: set[str] = None  # type: ignore[assignment]  # deferred packages whose code has not run
-    realized: dict[str, float] = None  # type: ignore[assignment]  # name -> seconds its code took
-
-    def __post_init__(self) -> None:
-        self.deferred, self.packages, self.realized = [], set(), {}
+    deferred: list[str] = field(default_factory=list)  # every module made a DeferredModule, in order
+    whole: frozenset[str] = frozenset()  # the names deferred whole (packages among them)
+    realized: dict[str, float] = field(default_factory=dict)  # name -> seconds its code took
 
 
 _registry = _Registry()
 
 
 def _import(name: str, globals: Any = None, locals: Any = None, fromlist: Any = (), level: int = 0) -> Any:
-    """builtins.__import__, but `import pkg.child` on a deferred package runs the package first (the import
-    system would otherwise run the child before its package's code)."""
-    if level == 0 and _registry.packages and "." in name:
+    """builtins.__import__, but an `import pkg.child` statement below a package deferred whole imports and
+    runs that package first (the import system would otherwise run the child before its package's code).
+    Relative imports are left alone: they come from code inside a package that is already running."""
+    if level == 0 and "." in name and _registry.whole:
         parts = name.split(".")
         for end in range(1, len(parts)):
-            parent = sys.modules.get(".".join(parts[:end]))
-            if parent is not None and type(parent) is DeferredModule:
+            prefix = ".".join(parts[:end])
+            if prefix in _registry.whole:
+                parent = sys.modules.get(prefix)
+                if parent is None:
+                    _registry.original_import(prefix)  # type: ignore[misc]
+                    parent = sys.modules[prefix]
                 realize(parent)
     return _registry.original_import(name, globals, locals, fromlist, level)  # type: ignore[misc]
 
@@ -202,6 +204,7 @@ def _import(name: str, globals: Any = None, locals: Any = None, fromlist: Any = 
 def install(deferrals: tuple[Deferral, ...]) -> None:
     """Defer these modules from now on, beside any installed before (modules already imported stay as
     they are). Installing the same list again changes nothing."""
+    _registry.whole |= {d.name for d in deferrals if not d.name.endswith(".")}
     if _registry.finder is not None:
         known = {d.name for d in _registry.finder.deferrals}
         _registry.finder.deferrals += tuple(d for d in deferrals if d.name not in known)
