@@ -28,7 +28,10 @@ if TYPE_CHECKING:
     from worker.prefetch import Prefetch
 
 log = logging.getLogger(__name__)
+# On a GPU the denoiser's graph is captured on its second call (worker/embed/capture.py): two steps. A CPU
+# has no graph to capture: one step pays the first-call costs.
 WARMUP_STEPS = 2
+WARMUP_STEPS_CPU = 1
 
 
 def pick_device(requested: str, cuda_available: bool) -> str:
@@ -107,7 +110,7 @@ def embed_options(settings: Settings, device: str) -> EmbedOptions:
     )
 
 
-def warmup_prompt(checkpoint: str, width: int, height: int) -> dict[str, Any]:
+def warmup_prompt(checkpoint: str, width: int, height: int, steps: int = WARMUP_STEPS) -> dict[str, Any]:
     """A short txt2img on a checkpoint, through ComfyUI's own nodes: loads it into ComfyUI's cache (so the
     first job naming it does not load it again) and onto the device, and pays first-call costs."""
     return {
@@ -119,7 +122,7 @@ def warmup_prompt(checkpoint: str, width: int, height: int) -> dict[str, Any]:
         "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": width, "height": height, "batch_size": 1}},
         "sample": {"class_type": "KSampler", "inputs": {
             "model": ["ckpt", 0], "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["latent", 0],
-            "seed": 0, "steps": WARMUP_STEPS, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal",
+            "seed": 0, "steps": steps, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal",
             "denoise": 1.0}},
         "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["sample", 0], "vae": ["ckpt", 2]}},
         "save": {"class_type": "SaveImage", "inputs": {"images": ["decode", 0], "filename_prefix": "warmup"}},
@@ -135,7 +138,7 @@ def _warm_up(runtime: Runtime, names: list[str]) -> None:
         for width, height in sizes:
             started = time.perf_counter()
             key = f"{name} {width}x{height}"
-            prompt = warmup_prompt(name, width, height)
+            prompt = warmup_prompt(name, width, height, WARMUP_STEPS_CPU if runtime.device == "cpu" else WARMUP_STEPS)
             try:
                 checked = runtime.engine.validate(prompt, limits_for(settings))
                 run = runtime.engine.execute(prompt, checked.outputs, StopSignal(), None, on_save=lambda _: None).run
