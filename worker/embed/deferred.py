@@ -9,7 +9,8 @@ never uses is never executed; `from x import y` runs it at once, as before. Comf
 `install()` adds an import hook.
 
 What it does not change: every deferred module still runs its whole code before any attribute of it is
-read, once, under a lock (another thread waits for it); an import error surfaces at that first use, named;
+read, once, under a lock (another thread waits for it); an import error surfaces at that first use, as the
+eager import's error would (the module leaves `sys.modules`, so a later import tries again);
 a child imported by an `import pkg.child` statement runs after its package, as usual. What differs from an
 eager import: the module's code runs later, so its import-time log lines (e.g. "torchaudio missing") come
 when it is first used.
@@ -116,7 +117,7 @@ def realize(module: types.ModuleType) -> None:
     state: _State = spec.loader_state
     with state.lock:
         if state.error is not None:
-            raise ImportError(f"deferred import of {spec.name} failed: {state.error}") from state.error
+            raise state.error  # what an eager import raised, for whoever still holds this module
         if state.started:
             return
         state.started = True
@@ -126,7 +127,11 @@ def realize(module: types.ModuleType) -> None:
                 state.deferral.before(spec)
             state.loader.exec_module(module)
         except BaseException as exc:
+            # As a failed eager import: the error propagates and the module leaves sys.modules, so a later
+            # `import` runs its code again (and says the same thing if it fails again).
             state.error = exc
+            if sys.modules.get(spec.name) is module:
+                del sys.modules[spec.name]
             raise
         # From here on it is an ordinary module, with its own loader (resource and source lookups use it).
         spec.loader = state.loader
