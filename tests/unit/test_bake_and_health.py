@@ -142,12 +142,17 @@ def test_runtime_health_reports_the_embedded_comfyui(runtime) -> None:
     # ComfyUI's built-in nodes and ours, counted also where their module is imported on first use only.
     assert comfyui["node_types"] >= len(runtime.engine.node_types) and comfyui["node_types"] > 300
     assert isinstance(comfyui["builtin_modules_failed"], dict)
+    deferred = comfyui["deferred_imports"]  # worker/embed/deferred.py, on under NODE_IMPORTS=lazy
+    assert deferred["deferred"] >= deferred["not_run"] and deferred["deferred"] > 0
+    assert all(seconds >= 0 for seconds in deferred["run_on_use"].values())
     assert health["preloaded_checkpoints"] == [TINY]
     assert health["warmup"] and all(entry["error"] is None for entry in health["warmup"].values())
     assert [key.split()[0] for key in health["warmup"]] == [TINY]
     assert "BaseModel" in {model["model"] for model in health["resident_models"]}
     assert health["storage"] == "off"
     assert health["boot_seconds"]["boot_total"] >= health["boot_seconds"]["load_and_warmup"] > 0
+    # The checkpoint's load is part of the warm-up, timed by ComfyUI's loader node.
+    assert health["boot_seconds"]["load_and_warmup"] > health["boot_seconds"]["model_load"] > 0
     assert health["attention"] is not None
     assert set(health["custom_nodes"]) == {"dirs", "loaded", "failed"}
 
