@@ -54,6 +54,13 @@ def _glibc_version() -> str | None:
     return found if found and found.startswith("glibc") else None
 
 
+def describe() -> dict[str, int] | str:
+    """For /health: what tune() set, or why it left malloc alone."""
+    if _applied is None:
+        return "not tuned"
+    return _applied or skip_reason() or "unchanged"
+
+
 def tune() -> dict[str, int]:
     """Apply the settings once per process (later calls return what was applied); {} where skipped."""
     global _applied

@@ -84,7 +84,7 @@ class Runtime:
             "storage": self.settings.storage.describe(),
             "model_cache": ModelCache(self.settings.models).health(),
             "boot_seconds": {k: round(v, 3) for k, v in self.boot_seconds.items()},
-            "malloc": malloc.tune() or malloc.skip_reason() or "unchanged",
+            "malloc": malloc.describe(),
             "warmup": self.warmup,
             "attention": self.attention.health() if self.attention is not None else None,
             "denoiser_capture": self.capture.health() if self.capture is not None else None,

@@ -46,11 +46,14 @@ class Deferral:
     keep: tuple[str, ...] = ()
     before: Callable[[ModuleSpec], Any] | None = None
 
-    def matches(self, module: str, is_package: bool) -> bool:
+    def may_match(self, module: str) -> bool:
+        """Whether `module` can be one of these, before its spec (is it a package?) is known."""
         if not self.name.endswith("."):
             return module == self.name
-        return (not is_package and module.startswith(self.name)
-                and not any(module.startswith(kept) for kept in self.keep))
+        return module.startswith(self.name) and not any(module.startswith(kept) for kept in self.keep)
+
+    def matches(self, module: str, is_package: bool) -> bool:
+        return self.may_match(module) and (not is_package or not self.name.endswith("."))
 
 
 def comfyui_deferrals(before_torchvision: Callable[[ModuleSpec], Any] | None = None) -> tuple[Deferral, ...]:
@@ -165,8 +168,8 @@ class _Finder(importlib.abc.MetaPathFinder):
 
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> ModuleSpec | None:
         """A deferring spec for a listed module; None (the usual finders go on) for any other."""
-        if not any(fullname.startswith(d.name.rstrip(".")) for d in self.deferrals):
-            return None
+        if not any(d.may_match(fullname) for d in self.deferrals):
+            return None  # the usual finders only, without a second lookup
         spec = importlib.machinery.PathFinder.find_spec(fullname, path, target)
         if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return None
