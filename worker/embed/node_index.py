@@ -29,7 +29,9 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
-_FORMAT = 1
+# Bumped when what an index records can change for the same ComfyUI: 2, modules imported under deferred
+# imports (worker/embed/deferred.py), whose failure reasons an index built before them words differently.
+_FORMAT = 2
 
 
 def extras_files(nodes: Any) -> list[str]:
