@@ -145,6 +145,8 @@ def test_runtime_health_reports_the_embedded_comfyui(runtime) -> None:
     deferred = comfyui["deferred_imports"]  # worker/embed/deferred.py, on under NODE_IMPORTS=lazy
     assert deferred["deferred"] >= deferred["not_run"] and deferred["deferred"] > 0
     assert all(seconds >= 0 for seconds in deferred["run_on_use"].values())
+    # worker/embed/transformers_imports.py: transformers' table read from the cache dir, or built into it.
+    assert comfyui["transformers_import_table"]["cache"] in ("hit", "built")
     assert health["preloaded_checkpoints"] == [TINY]
     assert health["warmup"] and all(entry["error"] is None for entry in health["warmup"].values())
     assert [key.split()[0] for key in health["warmup"]] == [TINY]

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from worker.embed import deferred, install, node_index, server_stub, torchvision_shim
+from worker.embed import deferred, install, node_index, server_stub, torchvision_shim, transformers_imports
 
 log = logging.getLogger(__name__)
 
@@ -243,6 +243,7 @@ def boot(options: EmbedOptions) -> Booted:
         raise RuntimeError("ComfyUI is already initialised in this process")
     seconds: dict[str, float] = {}
     started = time.perf_counter()
+    transformers_imports.install(options.node_index_dir)  # before ComfyUI's tokenizers import transformers
     comfy_dir = prepare_import(options.comfyui_dir, defer=options.lazy_nodes)
     installed, pin = install.inspect(comfy_dir), install.read_pin()
     if installed.commit != pin.commit:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-from worker.embed import bootstrap, deferred, node_index, save, tiny, torchvision_shim, ui_format
+from worker.embed import bootstrap, deferred, node_index, save, tiny, torchvision_shim, transformers_imports, ui_format
 from worker.embed.attention import AttentionOverride, wrap_loaders
 from worker.embed.needs import NodeMeta, missing_models
 from worker.embed.runner import Runner, RunResult
@@ -313,6 +313,7 @@ class Engine:
             "builtin_modules_failed": self.booted.builtin_failed,
             "torchvision_shim": list(torchvision_shim.shimmed),
             "deferred_imports": deferred.report(),
+            "transformers_import_table": transformers_imports.report(),
             "attention_override": None if self.attention is None else {
                 **self.attention.health(), "models": self.attention_models, "loaders": self.attention_loaders},
         }
