@@ -16,6 +16,7 @@ an unreadable or foreign file) leaves transformers doing what it does.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.abc
 import importlib.machinery
@@ -233,7 +234,5 @@ def _write(file: Path, root: str, fingerprint: str, table: Table) -> None:
         os.replace(temporary, file)
     except OSError as exc:  # a read-only cache dir: the table is built again at the next start
         log.info("transformers import table not kept in %s: %s", file.parent, exc)
-        try:
+        with contextlib.suppress(OSError):
             temporary.unlink(missing_ok=True)
-        except OSError:
-            pass
