@@ -77,7 +77,8 @@ COPY handler.py test_input.json LICENSE ./
 # Write the built-in tiny checkpoint now ($WORKER_CACHE_DIR/models/checkpoints/) so the image answers
 # test_input.json with no writes at start-up, and the index of which of ComfyUI's comfy_extras modules holds
 # which node type ($WORKER_CACHE_DIR/comfyui/): with it a worker imports only the modules its jobs use
-# (NODE_IMPORTS=lazy) from its very first start.
+# (NODE_IMPORTS=lazy) from its very first start. The same boot writes transformers' import table there
+# (worker/embed/transformers_imports.py), so no start reads transformers' model sources.
 RUN python -m worker.embed.tiny && python -m worker.embed.node_index
 
 # Model files: bake them as above (or under /opt/worker/models/ in a derived image), or attach a network
