@@ -145,16 +145,23 @@ def realize(module: types.ModuleType) -> None:
         log.debug("deferred module %s ran on first use in %.3fs", spec.name, _registry.realized[spec.name])
 
 
-class _DeferringLoader(importlib.abc.Loader):
-    def __init__(self, loader: importlib.abc.Loader, deferral: Deferral) -> None:
+class WrappingLoader(importlib.abc.Loader):
+    """A module's own loader, with exec_module to be given by a subclass; everything else is the real one's."""
+
+    def __init__(self, loader: importlib.abc.Loader) -> None:
         self.loader = loader
-        self.deferral = deferral
 
     def __getattr__(self, name: str) -> Any:  # get_resource_reader, get_source, ...: the real loader's
         return getattr(self.loader, name)
 
     def create_module(self, spec: ModuleSpec) -> types.ModuleType | None:
         return self.loader.create_module(spec)
+
+
+class _DeferringLoader(WrappingLoader):
+    def __init__(self, loader: importlib.abc.Loader, deferral: Deferral) -> None:
+        super().__init__(loader)
+        self.deferral = deferral
 
     def exec_module(self, module: types.ModuleType) -> None:
         module.__spec__.loader_state = _State(self.loader, self.deferral)

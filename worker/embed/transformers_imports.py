@@ -32,6 +32,8 @@ from importlib.machinery import ModuleSpec
 from pathlib import Path
 from typing import Any
 
+from worker.embed.deferred import WrappingLoader
+
 log = logging.getLogger(__name__)
 
 TARGET = "transformers.utils.import_utils"
@@ -84,16 +86,7 @@ class _Finder(importlib.abc.MetaPathFinder):
         return spec
 
 
-class _PatchingLoader(importlib.abc.Loader):
-    def __init__(self, loader: importlib.abc.Loader) -> None:
-        self.loader = loader
-
-    def __getattr__(self, name: str) -> Any:  # get_source, get_resource_reader, ...: the real loader's
-        return getattr(self.loader, name)
-
-    def create_module(self, spec: ModuleSpec) -> types.ModuleType | None:
-        return self.loader.create_module(spec)
-
+class _PatchingLoader(WrappingLoader):
     def exec_module(self, module: types.ModuleType) -> None:
         module.__spec__.loader = self.loader
         module.__loader__ = self.loader
